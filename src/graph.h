@@ -1,0 +1,110 @@
+/* graph: one model instance on one backend — parameters, gradients and the
+ * activation buffers of one micro-batch — and the forward/backward passes
+ * (forward.c, backward.c) written once over ops.h.
+ *
+ * Owns: allocation of every activation buffer for the largest batch the run
+ * will see (max_T LLM tokens, max_P vision patches), uploading a vl_batch,
+ * the order of ops.  Does not own: weights' values (weights.c), the optimizer,
+ * communication.
+ *
+ * Data flow (Qwen3-VL; shapes per micro-batch):
+ *   pixels (P, patch_dim) -> patch embed (P, Vh) + interpolated pos embed
+ *   -> ViT blocks (LayerNorm, qkv, 2D rope, attention per image, proj,
+ *      LayerNorm, fc1, gelu-tanh, fc2), DeepStack mergers at listed blocks
+ *   -> merger (P/4, H) replaces the image-pad rows of embed_tokens[ids] (T, H)
+ *   -> decoder layers (RMSNorm, qkv, q/k RMSNorm + M-RoPE, causal attention
+ *      per sample, o_proj, RMSNorm, gate/up, SwiGLU, down); after layer k <
+ *      n_deepstack the k-th DeepStack features are added at visual rows
+ *   -> final RMSNorm -> lm_head + cross-entropy on shifted targets.
+ */
+#ifndef VL_GRAPH_H
+#define VL_GRAPH_H
+
+#include <stddef.h>
+
+#include "batch.h"
+#include "model.h"
+#include "ops.h"
+
+typedef struct {
+  /* LayerNorm/RMSNorm statistics are fp32; everything else is vl_t. */
+  vl_t *ln1, *qkv, *qkv_r, *att, *x_mid, *ln2, *fc1, *act, *x_out;
+  float *ln1_mean, *ln1_rstd, *ln2_mean, *ln2_rstd, *qk_rstd, *lse;
+} vl_layer_acts;
+
+typedef struct {
+  vl_t *ln, *fc1, *act, *out;  /* ln: (P, Vh) main / (P/4, 4Vh) postshuffle */
+  float *mean, *rstd;
+} vl_merger_acts;
+
+typedef struct {
+  const vl_model *m;
+  vl_ops *ops;
+  vl_t *params;            /* (n_elements) working weights */
+  vl_t *grads;             /* (n_elements) accumulated gradients */
+  int max_T, max_P;
+
+  /* ---- current batch (sizes and indices in backend memory) ---- */
+  int T, P, n_visual, n_seq, n_vseg, n_targets;
+  int32_t *seq_host, *vseg_host;          /* host copies of the offsets */
+  int32_t *ids, *targets, *visual_pos, *seq, *vseg, *pos_idx;
+  float *pos_w, *rope_cos, *rope_sin, *vrope_cos, *vrope_sin;
+  vl_t *pixels;
+
+  /* ---- activations ---- */
+  vl_t *vx0;                 /* (P, Vh) patch embed + pos embed */
+  vl_layer_acts *vlayers;    /* [depth] */
+  vl_merger_acts merger;
+  vl_merger_acts *ds;        /* [n_deepstack] */
+  vl_t *x0;                  /* (T, H) embeddings with image rows replaced */
+  vl_layer_acts *layers;     /* [num_hidden_layers]; fc1 = gate|up (T, 2I), act = swiglu (T, I) */
+  vl_t *xf;                  /* (T, H) final norm */
+  float *xf_rstd;
+  float *loss;               /* (T) per-token loss */
+  float *logits;             /* (T, V) fp32, only if the caller asked (tests) */
+
+  /* ---- gradient scratch ---- */
+  vl_t *d_xf;                /* (T, H) from the loss */
+  vl_t *dres;                /* (max(T, P), max(H, Vh)) residual-stream grad */
+  vl_t *d_a, *d_b, *d_c;     /* scratch, sized for the widest intermediate */
+  vl_t *d_visual;            /* (P/4, H) grad of merger output */
+  vl_t *d_ds;                /* (n_deepstack, P/4, H) grads of DeepStack features */
+  size_t activation_bytes;   /* what was allocated for the above */
+} vl_graph;
+
+/* Allocates parameters, gradients and activations on the backend. */
+int vl_graph_create(vl_graph *g, const vl_model *m, vl_ops *ops, int max_T, int max_P,
+                    int want_logits);
+void vl_graph_destroy(vl_graph *g);
+
+/* Uploads the batch's inputs and indices (batch sizes <= max_T, max_P). */
+int vl_graph_set_batch(vl_graph *g, const vl_batch *b);
+
+/* Forward pass.  Returns the sum of per-token losses in *loss_sum (host).
+ * If loss_scale != 0 the gradient of loss_scale * sum(loss) w.r.t. the final
+ * hidden states and lm_head is formed here (fused with the loss) and
+ * vl_graph_backward must follow. */
+int vl_graph_forward(vl_graph *g, float loss_scale, double *loss_sum);
+/* Backward pass: accumulates (+=) into g->grads. */
+int vl_graph_backward(vl_graph *g);
+
+/* Bytes of activations (and gradient scratch) vl_graph_create allocates for
+ * max_T tokens and max_P patches with elements of elem_size bytes. */
+size_t vl_graph_activation_bytes(const vl_model *m, int max_T, int max_P, size_t elem_size);
+
+/* Per-rank memory plan, in bytes. */
+typedef struct {
+  size_t weights, grads, master, moments, activations, workspace, total;
+} vl_memory_plan;
+/* world: ranks sharing the ZeRO-1 optimizer state.  elem_size 4 (cpu) or 2 (cuda). */
+void vl_graph_memory_plan(const vl_model *m, const vl_train_config *train, int world,
+                          size_t elem_size, vl_memory_plan *plan);
+void vl_graph_print_memory_plan(const vl_memory_plan *plan, const char *device);
+
+/* Pointer to parameter i inside a block (params or grads); NULL if i < 0. */
+static inline vl_t *vl_graph_param(const vl_graph *g, vl_t *block, int i) {
+  if (i < 0) return NULL;
+  return (char *)block + g->m->params[i].offset * g->ops->elem_size;
+}
+
+#endif

@@ -1,0 +1,19 @@
+#!/bin/sh
+# vltrain --dry-run on the 8B preset prints the exact parameter count and a
+# memory plan and exits 0; on a bad config it exits non-zero with the
+# file:line: key: message.
+set -u
+bin="$VL_BUILDDIR/src/vltrain"
+out=$("$bin" --dry-run "$VL_SRCDIR/inputs/qwen3-vl-8b.yaml" 2>&1); rc=$?
+echo "$out"
+[ $rc -eq 0 ] || { echo "FAIL: dry-run exited $rc"; exit 1; }
+echo "$out" | grep -q "total .*8,767,123,696 parameters" || { echo "FAIL: no exact total"; exit 1; }
+echo "$out" | grep -q "memory plan per rank" || { echo "FAIL: no memory plan"; exit 1; }
+bad=$(mktemp /tmp/vl_bad_XXXXXX.yaml)
+printf 'include: %s\nmodel:\n  text:\n    hidden_size: many\n' "$VL_SRCDIR/inputs/tiny.yaml" > "$bad"
+out=$("$bin" --dry-run "$bad" 2>&1); rc=$?
+rm -f "$bad"
+echo "$out"
+[ $rc -ne 0 ] || { echo "FAIL: bad config accepted"; exit 1; }
+echo "$out" | grep -q ":4: model.text.hidden_size:" || { echo "FAIL: message lacks file:line: key"; exit 1; }
+echo "dry-run ok"
