@@ -12,12 +12,4 @@ int vl_ops_cuda_create(vl_ops **out, int device) {
   *out = 0;
   VL_ERROR(VL_ENOTSUP, "this vltrain was built without CUDA (configure --with-cuda to build the GPU backend)");
 }
-#else
-/* Built with CUDA: the kernels of the GPU backend (kernels/ops_cuda.cu) are
- * not written yet; the CUDA build provides MPI/NCCL bootstrap only. */
-int vl_ops_cuda_create(vl_ops **out, int device) {
-  *out = 0;
-  VL_ERROR(VL_ENOTSUP, "the CUDA op backend (kernels/) is not part of this version yet: "
-           "run with run.backend: cpu");
-}
 #endif
