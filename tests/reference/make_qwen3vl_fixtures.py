@@ -1,0 +1,162 @@
+#!/usr/bin/env python3
+"""Hugging Face parity fixtures for vltrain's Qwen3-VL.
+
+Builds a tiny random Qwen3-VL with transformers, runs one forward + backward
+in float64 on the CPU (eager attention) on a batch of two samples (one with
+two images of different sizes, one text-only, right padded), and writes:
+
+  config.json           the model's HF config
+  model.safetensors     every parameter (F32), HF names
+  inputs.safetensors    input_ids, attention_mask, labels, mm_token_type_ids,
+                        pixel_values (F32), image_grid_thw
+  outputs.safetensors   loss (F64), logits (F32, B x L x V), position_ids,
+                        grad.<name> (F32) for every parameter
+
+Run on the GPU machine (transformers 5.17, torch 2.11):
+  python3 tests/reference/make_qwen3vl_fixtures.py --out tests/data/qwen3vl_parity
+The dimensions match tests/data/qwen3vl_parity/vltrain.yaml.
+"""
+import argparse
+import inspect
+import json
+import os
+import sys
+
+import numpy as np
+import torch
+import transformers
+from safetensors.torch import save_file
+from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
+
+TEXT = dict(vocab_size=384, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+            num_attention_heads=4, num_key_value_heads=2, head_dim=16, rms_norm_eps=1e-6,
+            hidden_act="silu", attention_bias=False, max_position_embeddings=4096,
+            tie_word_embeddings=False)
+ROPE = dict(rope_type="default", rope_theta=5000000.0, mrope_section=[3, 3, 2],
+            mrope_interleaved=True)
+VISION = dict(depth=3, hidden_size=32, intermediate_size=64, num_heads=2, in_channels=3,
+              patch_size=16, temporal_patch_size=2, spatial_merge_size=2, out_hidden_size=32,
+              num_position_embeddings=64, deepstack_visual_indexes=[0, 1],
+              hidden_act="gelu_pytorch_tanh")
+TOKENS = dict(image_token_id=380, video_token_id=381, vision_start_token_id=378,
+              vision_end_token_id=379)
+
+
+def make_config():
+    text = dict(TEXT)
+    text["rope_parameters"] = dict(ROPE)      # transformers 5.x
+    text["rope_theta"] = ROPE["rope_theta"]   # older versions
+    text["rope_scaling"] = {k: v for k, v in ROPE.items() if k != "rope_theta"}
+    cfg = Qwen3VLConfig(text_config=text, vision_config=dict(VISION),
+                        tie_word_embeddings=False, **TOKENS)
+    for c in (cfg, cfg.text_config, cfg.vision_config):
+        c._attn_implementation = "eager"
+    return cfg
+
+
+def randomize(model, gen):
+    """O(1) signals: std 0.2 matrices, norm gains 1 + N(0, 0.1), biases N(0, 0.1)."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            shape = p.shape
+            if name.endswith("embed_tokens.weight") or name.endswith("pos_embed.weight"):
+                v = torch.randn(shape, generator=gen) * 0.5
+            elif "norm" in name and name.endswith("weight"):
+                v = 1.0 + 0.1 * torch.randn(shape, generator=gen)
+            elif name.endswith("bias"):
+                v = 0.1 * torch.randn(shape, generator=gen)
+            else:
+                v = 0.2 * torch.randn(shape, generator=gen)
+            p.copy_(v.to(torch.float32))
+
+
+def make_inputs(gen):
+    def text(n):
+        return torch.randint(0, 370, (n,), generator=gen).tolist()
+    vs, ve, img = TOKENS["vision_start_token_id"], TOKENS["vision_end_token_id"], TOKENS["image_token_id"]
+    grids = [(1, 4, 6), (1, 8, 6)]
+    answer = text(7)
+    s0 = text(5) + [vs] + [img] * 6 + [ve] + text(4) + [vs] + [img] * 12 + [ve] + answer
+    l0 = [-100] * (len(s0) - 7) + answer
+    s1 = text(20)
+    l1 = [-100] * 8 + s1[8:]
+    L = max(len(s0), len(s1))
+    ids = torch.zeros((2, L), dtype=torch.long)
+    mask = torch.zeros((2, L), dtype=torch.long)
+    labels = torch.full((2, L), -100, dtype=torch.long)
+    for b, (s, l) in enumerate(((s0, l0), (s1, l1))):
+        ids[b, :len(s)] = torch.tensor(s)
+        mask[b, :len(s)] = 1
+        labels[b, :len(l)] = torch.tensor(l)
+    mm = (ids == img).long()
+    n_patches = sum(t * h * w for t, h, w in grids)
+    pixels = torch.randn((n_patches, 3 * 2 * 16 * 16), generator=gen).to(torch.float32)
+    grid = torch.tensor(grids, dtype=torch.long)
+    return ids, mask, labels, mm, pixels, grid
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default="tests/data/qwen3vl_parity")
+    args = ap.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    print("transformers", transformers.__version__, "torch", torch.__version__)
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(1234)
+
+    cfg = make_config()
+    model = Qwen3VLForConditionalGeneration(cfg)
+    randomize(model, gen)
+    model = model.double()
+    model.train()
+    tc = model.config.text_config
+    print("rope:", getattr(tc, "rope_parameters", None) or (tc.rope_theta, tc.rope_scaling))
+    print("attn:", model.config._attn_implementation,
+          "mrope_section:", model.model.language_model.rotary_emb.mrope_section)
+    assert list(model.model.language_model.rotary_emb.mrope_section) == ROPE["mrope_section"]
+
+    ids, mask, labels, mm, pixels, grid = make_inputs(gen)
+    kwargs = dict(input_ids=ids, attention_mask=mask, labels=labels,
+                  pixel_values=pixels.double(), image_grid_thw=grid)
+    if "mm_token_type_ids" in inspect.signature(model.forward).parameters:
+        kwargs["mm_token_type_ids"] = mm
+    out = model(**kwargs)
+    loss = out.loss
+    assert torch.isfinite(loss), loss
+    loss.backward()
+    print("loss %.12f  logits norm %.6f" % (loss.item(), out.logits.norm().item()))
+
+    # position ids as the model computed them
+    pos = None
+    try:
+        sig = inspect.signature(model.model.get_rope_index).parameters
+        pk = {"input_ids": ids, "image_grid_thw": grid, "attention_mask": mask}
+        if "mm_token_type_ids" in sig:
+            pk["mm_token_type_ids"] = mm
+        pk = {k: v for k, v in pk.items() if k in sig}
+        pos = model.model.get_rope_index(**pk)[0]
+    except Exception as e:  # informative only
+        print("warning: get_rope_index failed:", e)
+
+    params = {n: p.detach().to(torch.float32).contiguous() for n, p in model.named_parameters()}
+    save_file(params, os.path.join(args.out, "model.safetensors"), metadata={"format": "pt"})
+    save_file({"input_ids": ids, "attention_mask": mask, "labels": labels,
+               "mm_token_type_ids": mm, "pixel_values": pixels.contiguous(),
+               "image_grid_thw": grid}, os.path.join(args.out, "inputs.safetensors"))
+    outs = {"loss": loss.detach().reshape(1).to(torch.float64),
+            "logits": out.logits.detach().to(torch.float32).contiguous()}
+    if pos is not None:
+        outs["position_ids"] = pos.to(torch.long).contiguous()
+    for n, p in model.named_parameters():
+        g = p.grad if p.grad is not None else torch.zeros_like(p)
+        outs["grad." + n] = g.detach().to(torch.float32).contiguous()
+        print("%-70s %-18s grad norm %.6e" % (n, tuple(p.shape), g.norm().item()))
+    save_file(outs, os.path.join(args.out, "outputs.safetensors"))
+    with open(os.path.join(args.out, "config.json"), "w") as f:
+        f.write(model.config.to_json_string())
+    print("parameters:", sum(p.numel() for p in model.parameters()))
+    print("wrote", args.out)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
