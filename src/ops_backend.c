@@ -7,9 +7,17 @@ int vl_ops_destroy(vl_ops *o) {
   return o->destroy(o);
 }
 
-#ifndef VL_HAVE_CUDA
+#ifndef VL_HAVE_CUDA_KERNELS
+/* The CUDA kernels (kernels/, built when configure finds CUDA) provide the
+ * real vl_ops_cuda_create; without them asking for the GPU backend is an
+ * error that says why. */
 int vl_ops_cuda_create(vl_ops **out, int device) {
   *out = 0;
-  VL_ERROR(VL_ENOTSUP, "this vltrain was built without CUDA (configure --with-cuda to build the GPU backend)");
+#ifdef VL_HAVE_CUDA
+  VL_ERROR(VL_ENOTSUP, "the CUDA op backend (kernels/) is not in this build yet: "
+           "set run.backend: cpu");
+#else
+  VL_ERROR(VL_ENOTSUP, "this vltrain was built without CUDA (configure --with-cuda)");
+#endif
 }
 #endif
