@@ -2,6 +2,7 @@
 #include "comm.h"
 
 #include <limits.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -118,6 +119,11 @@ int vl_comm_init(vl_comm *c, vl_backend_kind want, int allow_shared_gpu, double 
   cudaStream_t s;
   CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
   c->stream = s;
+  /* NCCL refuses two ranks on one GPU: shared GPUs reduce through host
+   * memory with MPI (functional runs only; vl_comm_print_map says so). */
+  int shared = c->local_size > gpus, any_shared = shared;
+  MPI_CHECK(MPI_Allreduce(&shared, &any_shared, 1, MPI_INT, MPI_MAX, c->world));
+  if (any_shared) return VL_OK;
   ncclUniqueId id;
   if (c->rank == 0) NCCL_CHECK(ncclGetUniqueId(&id));
   MPI_CHECK(MPI_Bcast(&id, sizeof id, MPI_BYTE, 0, c->world));
@@ -141,8 +147,53 @@ int vl_comm_free(vl_comm *c) {
 /* MPI counts are int: split large messages. */
 #define CHUNK ((size_t)1 << 30)
 
+#ifdef VL_HAVE_CUDA
+static float bf16_bits_to_f32(uint16_t b) {
+  uint32_t u = (uint32_t)b << 16;
+  float f;
+  memcpy(&f, &u, 4);
+  return f;
+}
+static uint16_t f32_to_bf16_bits(float f) {
+  uint32_t u;
+  memcpy(&u, &f, 4);
+  u += 0x7FFFu + ((u >> 16) & 1u);
+  return (uint16_t)(u >> 16);
+}
+/* Shared-GPU mode: device buffer -> host fp32 -> MPI -> device. */
+static int staged_allreduce(vl_comm *c, vl_comm_dtype dt, void *buf, size_t n) {
+  size_t el = dt == VL_COMM_F32 ? 4 : 2;
+  void *raw = NULL;
+  float *f = NULL;
+  VL_CALL(vl_malloc(&raw, n * el, "staged collective"));
+  int rc = vl_malloc((void **)&f, n * sizeof(float), "staged collective");
+  if (rc) { free(raw); return rc; }
+  cudaError_t ce = cudaMemcpy(raw, buf, n * el, cudaMemcpyDeviceToHost);
+  if (ce == cudaSuccess) {
+    for (size_t i = 0; i < n; i++)
+      f[i] = dt == VL_COMM_F32 ? ((float *)raw)[i] : bf16_bits_to_f32(((uint16_t *)raw)[i]);
+    for (size_t o = 0; o < n && rc == VL_OK; o += CHUNK) {
+      size_t k = n - o < CHUNK ? n - o : CHUNK;
+      if (MPI_Allreduce(MPI_IN_PLACE, f + o, (int)k, MPI_FLOAT, MPI_SUM, c->world) != MPI_SUCCESS)
+        rc = vl_err_raise(VL_EMPI, __FILE__, __LINE__, __func__, "MPI_Allreduce of %zu floats failed", k);
+    }
+    for (size_t i = 0; i < n; i++) {
+      if (dt == VL_COMM_F32) ((float *)raw)[i] = f[i];
+      else ((uint16_t *)raw)[i] = f32_to_bf16_bits(f[i]);
+    }
+    if (rc == VL_OK) ce = cudaMemcpy(buf, raw, n * el, cudaMemcpyHostToDevice);
+  }
+  free(raw);
+  free(f);
+  if (ce != cudaSuccess)
+    VL_ERROR(VL_ECUDA, "staging a collective through host memory: %s", cudaGetErrorString(ce));
+  return rc;
+}
+#endif
+
 int vl_comm_allreduce_sum(vl_comm *c, vl_comm_dtype dt, void *buf, size_t n) {
 #ifdef VL_HAVE_CUDA
+  if (c->backend == VL_BACKEND_CUDA && !c->nccl) return staged_allreduce(c, dt, buf, n);
   if (c->backend == VL_BACKEND_CUDA) {
     NCCL_CHECK(ncclAllReduce(buf, buf, n, dt == VL_COMM_F32 ? ncclFloat32 : ncclBfloat16,
                              ncclSum, (ncclComm_t)c->nccl, (cudaStream_t)c->stream));
@@ -161,6 +212,8 @@ int vl_comm_allreduce_sum(vl_comm *c, vl_comm_dtype dt, void *buf, size_t n) {
 int vl_comm_reduce_scatter(vl_comm *c, vl_comm_dtype dt, const void *send, void *recv,
                            size_t n_per_rank) {
 #ifdef VL_HAVE_CUDA
+  if (c->backend == VL_BACKEND_CUDA && !c->nccl)
+    VL_ERROR(VL_ENOTSUP, "reduce-scatter/all-gather need one GPU per rank (NCCL); GPUs are shared here");
   if (c->backend == VL_BACKEND_CUDA) {
     NCCL_CHECK(ncclReduceScatter(send, recv, n_per_rank,
                                  dt == VL_COMM_F32 ? ncclFloat32 : ncclBfloat16, ncclSum,
@@ -178,6 +231,8 @@ int vl_comm_reduce_scatter(vl_comm *c, vl_comm_dtype dt, const void *send, void 
 int vl_comm_allgather(vl_comm *c, vl_comm_dtype dt, const void *send, void *recv,
                       size_t n_per_rank) {
 #ifdef VL_HAVE_CUDA
+  if (c->backend == VL_BACKEND_CUDA && !c->nccl)
+    VL_ERROR(VL_ENOTSUP, "reduce-scatter/all-gather need one GPU per rank (NCCL); GPUs are shared here");
   if (c->backend == VL_BACKEND_CUDA) {
     NCCL_CHECK(ncclAllGather(send, recv, n_per_rank,
                              dt == VL_COMM_F32 ? ncclFloat32 : ncclBfloat16,
@@ -195,7 +250,7 @@ int vl_comm_allgather(vl_comm *c, vl_comm_dtype dt, const void *send, void *recv
 
 int vl_comm_sync(vl_comm *c) {
 #ifdef VL_HAVE_CUDA
-  if (c->backend != VL_BACKEND_CUDA) return VL_OK;
+  if (c->backend != VL_BACKEND_CUDA || !c->nccl) return VL_OK;
   struct timespec t0, t;
   clock_gettime(CLOCK_MONOTONIC, &t0);
   for (;;) {
@@ -245,12 +300,13 @@ int vl_comm_barrier(vl_comm *c) {
 }
 
 int vl_comm_print_map(vl_comm *c) {
-  char line[640], gpu[300] = "cpu";
+  char line[768], gpu[400] = "cpu";
 #ifdef VL_HAVE_CUDA
   if (c->backend == VL_BACKEND_CUDA) {
     struct cudaDeviceProp p;
     CUDA_CHECK(cudaGetDeviceProperties(&p, c->device));
-    snprintf(gpu, sizeof gpu, "GPU %d (%s)", c->device, p.name);
+    snprintf(gpu, sizeof gpu, "GPU %d (%s)%s", c->device, p.name,
+             c->nccl ? "" : ", shared: collectives over MPI through host memory");
   }
 #endif
   snprintf(line, sizeof line, "rank %d  host %s  local %d/%d  device %s", c->rank, c->host,

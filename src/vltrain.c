@@ -113,12 +113,14 @@ static int smoke_step(const vl_config *cfg, const vl_model *m, vl_comm *comm) {
   VL_CALL(vl_graph_backward(&g));
   VL_CALL(ops->sync(ops));
   double t1 = now();
-  /* gradients summed over ranks (fp32 on the CPU backend) */
+  /* gradients summed over ranks, in backend memory (bf16 on GPUs) */
+  VL_CALL(vl_comm_allreduce_sum(comm, ops->elem_size == 2 ? VL_COMM_BF16 : VL_COMM_F32, g.grads,
+                                m->n_elements));
+  VL_CALL(vl_comm_sync(comm));
+  double t2 = now();
   float *grad;
   VL_CALL(vl_malloc((void **)&grad, m->n_elements * sizeof(float), "host gradients"));
   VL_CALL(ops->get(ops, grad, g.grads, m->n_elements));
-  VL_CALL(vl_comm_allreduce_sum(comm, VL_COMM_F32, grad, m->n_elements));
-  double t2 = now();
   double norm = 0;
   for (size_t i = 0; i < m->n_elements; i++) norm += (double)grad[i] * grad[i];
   double sums[2] = {loss, (double)b.T};

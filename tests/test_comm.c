@@ -89,7 +89,9 @@ int main(int argc, char **argv) {
   if (rc == VL_ECUDA || rc == VL_ENOTSUP)
     CHECK(strstr(vl_err_last(), "CUDA") || strstr(vl_err_last(), "GPU"), "message: %s", vl_err_last());
   else if (rc == VL_OK)
-    vl_comm_free(&c2); /* a GPU is visible: nothing to check here */
+    vl_comm_free(&c2); /* a GPU per rank, or shared GPUs allowed: fine */
+  else if (rc == VL_EINVAL) /* a GPU is visible but fewer GPUs than ranks */
+    CHECK(strstr(vl_err_last(), "ranks on this node but only"), "message: %s", vl_err_last());
   else
     CHECK(0, "cuda request gave %d: %s", rc, vl_err_last());
   vl_err_set_quiet(0);

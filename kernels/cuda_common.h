@@ -1,0 +1,88 @@
+/* cuda_common: what every kernels/*.cu file shares — the backend context,
+ * checked-call macros, bf16 helpers, scratch buffers, and the registration
+ * functions each op family uses to fill the vl_ops table. */
+#ifndef VL_CUDA_COMMON_H
+#define VL_CUDA_COMMON_H
+
+#include <cublasLt.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+extern "C" {
+#include "err.h"
+#include "ops.h"
+}
+
+typedef __nv_bfloat16 bf16;
+
+struct vl_cuda_ctx {
+  int device;
+  cudaStream_t stream;
+  cublasLtHandle_t lt;
+  void *lt_workspace;
+  size_t lt_workspace_bytes;
+  void *scratch[3];      /* grow-only transient buffers, one per role */
+  size_t scratch_bytes[3];
+  float *staging;        /* host <-> device fp32 conversion staging (device) */
+  size_t staging_bytes;
+};
+
+static inline vl_cuda_ctx *vl_ctx(vl_ops *o) { return (vl_cuda_ctx *)o->ctx; }
+
+#define CUDA_CHECK(call)                                                          \
+  do {                                                                            \
+    cudaError_t cu_rc_ = (call);                                                  \
+    if (cu_rc_ != cudaSuccess)                                                    \
+      VL_ERROR(VL_ECUDA, "%s failed: %s", #call, cudaGetErrorString(cu_rc_));      \
+  } while (0)
+
+#define CUBLAS_CHECK(call)                                                        \
+  do {                                                                            \
+    cublasStatus_t cb_rc_ = (call);                                               \
+    if (cb_rc_ != CUBLAS_STATUS_SUCCESS)                                          \
+      VL_ERROR(VL_ECUDA, "%s failed: cuBLAS status %d", #call, (int)cb_rc_);       \
+  } while (0)
+
+/* after every launch: configuration errors surface here, with the kernel */
+#define LAUNCH_CHECK(what)                                                        \
+  do {                                                                            \
+    cudaError_t cu_rc_ = cudaGetLastError();                                      \
+    if (cu_rc_ != cudaSuccess)                                                    \
+      VL_ERROR(VL_ECUDA, "kernel %s failed to launch: %s", what,                  \
+               cudaGetErrorString(cu_rc_));                                       \
+  } while (0)
+
+enum { VL_SCRATCH_A = 0, VL_SCRATCH_B = 1, VL_SCRATCH_C = 2 };
+/* A device buffer of at least `bytes` for transient use inside one op. */
+int vl_cuda_scratch(vl_ops *o, int which, size_t bytes, void **out);
+
+static inline unsigned vl_blocks(size_t n, unsigned threads) {
+  return (unsigned)((n + threads - 1) / threads);
+}
+
+__device__ __forceinline__ float vl_warp_sum(float v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+__device__ __forceinline__ float vl_warp_max(float v) {
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+/* fp32 column sums of an fp32 scratch added into a bf16 gradient: g += s */
+int vl_cuda_add_f32_to_bf16(vl_ops *o, bf16 *g, const float *s, size_t n);
+
+void vl_cuda_register_linear(vl_ops *o);
+void vl_cuda_register_pointwise(vl_ops *o);
+void vl_cuda_register_norm(vl_ops *o);
+void vl_cuda_register_rope(vl_ops *o);
+void vl_cuda_register_attention(vl_ops *o);
+void vl_cuda_register_loss(vl_ops *o);
+
+/* cuBLASLt GEMM in row-major terms: C (M,N) = alpha * A' B' + beta * C with
+ * A' = A (M,K) or A^T where A is (K,M) [ta], B' = B (K,N) or B^T where B is
+ * (N,K) [tb]; optional bias (N) epilogue; A, B bf16; C bf16 or fp32. */
+int vl_cuda_gemm(vl_ops *o, void *C, int c_is_f32, const bf16 *A, int ta, const bf16 *B,
+                 int tb, const bf16 *bias, int M, int N, int K, float alpha, float beta);
+
+#endif
