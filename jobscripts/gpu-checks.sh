@@ -11,7 +11,7 @@ mkdir -p "$top/build-gpu" && cd "$top/build-gpu"
 make -j"$(nproc)" > "$out/make.log" 2>&1 && make -j"$(nproc)" tests/test_ops_cuda >> "$out/make.log" 2>&1 \
   || { grep -E "error" "$out/make.log" | head -30; exit 1; }
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$out/gpu.txt"
-./tests/test_ops_cuda 2>&1 | tee "$out/test_ops_cuda.log"
+VL_SRCDIR="$top" ./tests/test_ops_cuda 2>&1 | tee "$out/test_ops_cuda.log"
 make -j8 check-summary > "$out/check.log" 2>&1; tail -3 "$out/check.log"
 n=$(nvidia-smi -L | wc -l)
 cat > "$out/tiny-gpu.yaml" <<EOY
