@@ -173,6 +173,7 @@ extern "C" int vl_ops_cuda_create(vl_ops **out, int device) {
   vl_cuda_register_rope(o);
   vl_cuda_register_attention(o);
   vl_cuda_register_loss(o);
+  vl_cuda_register_optim(o);
   if (r != VL_OK) {
     cu_destroy(o);
     return r;

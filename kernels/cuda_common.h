@@ -78,6 +78,7 @@ void vl_cuda_register_norm(vl_ops *o);
 void vl_cuda_register_rope(vl_ops *o);
 void vl_cuda_register_attention(vl_ops *o);
 void vl_cuda_register_loss(vl_ops *o);
+void vl_cuda_register_optim(vl_ops *o);
 
 /* cuBLASLt GEMM in row-major terms: C (M,N) = alpha * A' B' + beta * C with
  * A' = A (M,K) or A^T where A is (K,M) [ta], B' = B (K,N) or B^T where B is

@@ -80,8 +80,13 @@ static int visible_gpus(void) {
 }
 
 int vl_comm_init(vl_comm *c, vl_backend_kind want, int allow_shared_gpu, double timeout_s) {
+  return vl_comm_init_on(c, MPI_COMM_WORLD, want, allow_shared_gpu, timeout_s);
+}
+
+int vl_comm_init_on(vl_comm *c, MPI_Comm world, vl_backend_kind want, int allow_shared_gpu,
+                    double timeout_s) {
   memset(c, 0, sizeof *c);
-  c->world = MPI_COMM_WORLD;
+  c->world = world;
   c->device = -1;
   c->timeout_s = timeout_s > 0 ? timeout_s : 600.0;
   MPI_CHECK(MPI_Comm_rank(c->world, &c->rank));

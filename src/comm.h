@@ -35,6 +35,9 @@ int vl_comm_mpi_finalize(void);
 /* Resolves the backend on all ranks alike (auto: CUDA if built with it and
  * every rank sees a GPU), binds the GPU, sets up NCCL. */
 int vl_comm_init(vl_comm *c, vl_backend_kind want, int allow_shared_gpu, double timeout_s);
+/* The same on a sub-communicator (tests: MPI_COMM_SELF for a one-rank run). */
+int vl_comm_init_on(vl_comm *c, MPI_Comm world, vl_backend_kind want, int allow_shared_gpu,
+                    double timeout_s);
 int vl_comm_free(vl_comm *c);
 
 /* The binding rule, pure for tests: device = local_rank; more local ranks

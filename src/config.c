@@ -36,6 +36,7 @@ static const char *const families[] = {"qwen3-vl", "qwen2-vl", NULL};
 static const char *const acts[] = {"gelu_pytorch_tanh", "gelu", "quick_gelu", "silu", NULL};
 static const char *const backends[] = {"auto", "cpu", "cuda", NULL};
 static const char *const optims[] = {"zero1", "lean", NULL};
+static const char *const schedules[] = {"cosine", "linear", "constant", NULL};
 
 #define OFF(f) offsetof(vl_config, f)
 #define BIG 1048576
@@ -85,6 +86,7 @@ static const key_desc keys[] = {
   {"train.adam_eps", K_DOUBLE, OFF(train.adam_eps), 1e-20, 1, "1e-8", 0, NULL, 0, "AdamW epsilon"},
   {"train.grad_clip", K_DOUBLE, OFF(train.grad_clip), 0, 1e9, "1.0", 0, NULL, 0, "clip global gradient norm (0 = off)"},
   {"train.warmup_steps", K_INT, OFF(train.warmup_steps), 0, INT_MAX, "0", 0, NULL, 0, "linear warmup steps"},
+  {"train.schedule", K_ENUM, OFF(train.schedule), 0, 0, "cosine", 0, schedules, 0, "decay after warmup, as Hugging Face's schedulers"},
   {"train.recompute", K_BOOL, OFF(train.recompute), 0, 1, "false", 0, NULL, 0, "recompute activations per layer"},
   {"train.optimizer", K_ENUM, OFF(train.optimizer), 0, 0, "zero1", 0, optims, 0, "zero1: fp32 master+moments sharded; lean: 12 B/param"},
   {"train.freeze", K_STRING, OFF(train.freeze), 0, 256, "\"\"", 0, NULL, 0, "comma-separated name patterns to freeze"},

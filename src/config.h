@@ -28,6 +28,7 @@ typedef enum {
 } vl_act_kind;
 typedef enum { VL_BACKEND_AUTO = 0, VL_BACKEND_CPU = 1, VL_BACKEND_CUDA = 2 } vl_backend_kind;
 typedef enum { VL_OPTIM_ZERO1 = 0, VL_OPTIM_LEAN = 1 } vl_optim_mode;
+typedef enum { VL_SCHED_COSINE = 0, VL_SCHED_LINEAR = 1, VL_SCHED_CONSTANT = 2 } vl_schedule;
 
 typedef struct {
   int vocab_size;            /* 151936 */
@@ -89,6 +90,7 @@ typedef struct {
   double adam_beta1, adam_beta2, adam_eps;
   double grad_clip;          /* global norm; 0 = off */
   int warmup_steps;
+  vl_schedule schedule;      /* cosine | linear | constant after warmup (HF's) */
   int recompute;             /* activation recomputation per layer */
   vl_optim_mode optimizer;   /* zero1 (fp32 master + moments sharded) | lean */
   char freeze[256];          /* comma-separated name patterns, "" = none */

@@ -156,6 +156,21 @@ struct vl_ops {
   int (*lmhead_ce)(vl_ops *o, float *loss, vl_t *dh, vl_t *dW, float *logits_out,
                    const vl_t *h, const vl_t *W, const int32_t *target,
                    int T, int H, int V, float scale);
+
+  /* ---- optimizer -----------------------------------------------------------
+   * sumsq: *out (host) = sum of x[i]^2 over n working elements (fp64 sum on
+   * the host side of the reduction).
+   * adamw on n elements of a shard (torch.optim.AdamW semantics, decoupled
+   * weight decay), with g = grad_scale * grad:
+   *   master *= 1 - lr * wd
+   *   m = b1 m + (1 - b1) g ;  v = b2 v + (1 - b2) g^2
+   *   master -= (lr / (1 - b1^t)) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
+   *   param = master (rounded to the working type)
+   * master, m, v fp32; grad, param working type; t = step (1-based).        */
+  int (*sumsq)(vl_ops *o, const vl_t *x, size_t n, double *out);
+  int (*adamw)(vl_ops *o, float *master, float *m, float *v, const vl_t *grad, vl_t *param,
+               size_t n, float lr, float b1, float b2, float eps, float wd, float grad_scale,
+               int t);
 };
 
 /* The fp32 reference backend; always available. */

@@ -627,6 +627,34 @@ static int cpu_lmhead_ce(vl_ops *o, float *loss, vl_t *dh_, vl_t *dW_, float *lo
   return VL_OK;
 }
 
+/* ---- optimizer ------------------------------------------------------------------ */
+static int cpu_sumsq(vl_ops *o, const vl_t *x_, size_t n, double *out) {
+  const f32 *x = x_;
+  double s = 0.0;
+  for (size_t i = 0; i < n; i++) s += (double)x[i] * x[i];
+  *out = s;
+  return VL_OK;
+}
+
+static int cpu_adamw(vl_ops *o, float *master, float *m, float *v, const vl_t *grad_, vl_t *param_,
+                     size_t n, float lr, float b1, float b2, float eps, float wd, float gs, int t) {
+  const f32 *grad = grad_;
+  f32 *param = param_;
+  const double bc1 = 1.0 - pow(b1, t), bc2 = 1.0 - pow(b2, t);
+  const float step = (float)(lr / bc1), bc2s = (float)sqrt(bc2);
+#pragma omp parallel for schedule(static)
+  for (size_t i = 0; i < n; i++) {
+    const float g = gs * grad[i];
+    float p = master[i] * (1.0f - lr * wd);
+    m[i] = b1 * m[i] + (1.0f - b1) * g;
+    v[i] = b2 * v[i] + (1.0f - b2) * g * g;
+    p -= step * m[i] / (sqrtf(v[i]) / bc2s + eps);
+    master[i] = p;
+    param[i] = p;
+  }
+  return VL_OK;
+}
+
 int vl_ops_cpu_create(vl_ops **out) {
   vl_ops *o = NULL;
   VL_CALL(vl_calloc((void **)&o, 1, sizeof *o, "cpu op table"));
@@ -663,6 +691,8 @@ int vl_ops_cpu_create(vl_ops **out) {
   o->embed_bag_forward = cpu_embed_bag_forward;
   o->embed_bag_backward = cpu_embed_bag_backward;
   o->lmhead_ce = cpu_lmhead_ce;
+  o->sumsq = cpu_sumsq;
+  o->adamw = cpu_adamw;
   *out = o;
   return VL_OK;
 }

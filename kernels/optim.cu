@@ -1,0 +1,67 @@
+/* optim: AdamW on fp32 master shards writing the bf16 working copy, and the
+ * sum of squares for the global gradient norm. */
+#include <math.h>
+
+#include "cuda_common.h"
+
+__global__ void k_sumsq(double *out, const bf16 *x, size_t n) {
+  __shared__ float red[32];
+  float s = 0.0f;
+  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+    float v = __bfloat162float(x[i]);
+    s += v * v;
+  }
+  s = vl_warp_sum(s);
+  if (threadIdx.x % 32 == 0) red[threadIdx.x / 32] = s;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    double t = 0.0;
+    for (int w = 0; w < (int)blockDim.x / 32; w++) t += red[w];
+    atomicAdd(out, t);
+  }
+}
+
+static int cu_sumsq(vl_ops *o, const vl_t *x, size_t n, double *out) {
+  vl_cuda_ctx *c = vl_ctx(o);
+  double *d;
+  VL_CALL(vl_cuda_scratch(o, VL_SCRATCH_B, sizeof(double), (void **)&d));
+  CUDA_CHECK(cudaMemsetAsync(d, 0, sizeof(double), c->stream));
+  unsigned blocks = vl_blocks(n, 256);
+  if (blocks > 4096) blocks = 4096;
+  if (blocks == 0) blocks = 1;
+  k_sumsq<<<blocks, 256, 0, c->stream>>>(d, (const bf16 *)x, n);
+  LAUNCH_CHECK("sumsq");
+  CUDA_CHECK(cudaMemcpyAsync(out, d, sizeof(double), cudaMemcpyDeviceToHost, c->stream));
+  CUDA_CHECK(cudaStreamSynchronize(c->stream));
+  return VL_OK;
+}
+
+__global__ void k_adamw(float *master, float *m, float *v, const bf16 *grad, bf16 *param, size_t n,
+                        float lr, float b1, float b2, float eps, float wd, float gs, float step,
+                        float bc2s) {
+  size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  float g = gs * __bfloat162float(grad[i]);
+  float p = master[i] * (1.0f - lr * wd);
+  float mi = b1 * m[i] + (1.0f - b1) * g, vi = b2 * v[i] + (1.0f - b2) * g * g;
+  p -= step * mi / (sqrtf(vi) / bc2s + eps);
+  m[i] = mi;
+  v[i] = vi;
+  master[i] = p;
+  param[i] = __float2bfloat16(p);
+}
+
+static int cu_adamw(vl_ops *o, float *master, float *m, float *v, const vl_t *grad, vl_t *param,
+                    size_t n, float lr, float b1, float b2, float eps, float wd, float gs, int t) {
+  const double bc1 = 1.0 - pow(b1, t), bc2 = 1.0 - pow(b2, t);
+  k_adamw<<<vl_blocks(n, 256), 256, 0, vl_ctx(o)->stream>>>(
+      master, m, v, (const bf16 *)grad, (bf16 *)param, n, lr, b1, b2, eps, wd, gs,
+      (float)(lr / bc1), (float)sqrt(bc2));
+  LAUNCH_CHECK("adamw");
+  return VL_OK;
+}
+
+void vl_cuda_register_optim(vl_ops *o) {
+  o->sumsq = cu_sumsq;
+  o->adamw = cu_adamw;
+}

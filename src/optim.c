@@ -1,0 +1,118 @@
+/* optim: ZeRO-1 AdamW step (see optim.h). */
+#include "optim.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "err.h"
+
+double vl_optim_lr(const vl_train_config *t, int step) {
+  const int w = t->warmup_steps, total = t->steps;
+  if (step < w) return t->lr * (double)step / (double)(w > 1 ? w : 1);
+  switch (t->schedule) {
+  case VL_SCHED_CONSTANT: return t->lr;
+  case VL_SCHED_LINEAR: {
+    double f = (double)(total - step) / (double)(total - w > 1 ? total - w : 1);
+    return t->lr * (f > 0 ? f : 0);
+  }
+  case VL_SCHED_COSINE: default: {
+    double progress = (double)(step - w) / (double)(total - w > 1 ? total - w : 1);
+    double f = 0.5 * (1.0 + cos(M_PI * 2.0 * 0.5 * progress));
+    return t->lr * (f > 0 ? f : 0);
+  }
+  }
+}
+
+int vl_optim_create(vl_optim *o, const vl_model *m, vl_ops *ops, vl_comm *comm,
+                    const vl_train_config *cfg, const float *host_params) {
+  memset(o, 0, sizeof *o);
+  o->m = m; o->ops = ops; o->comm = comm; o->cfg = *cfg;
+  const size_t W = (size_t)comm->size;
+  o->n = m->n_elements;
+  o->shard = (o->n + W - 1) / W;
+  o->padded = o->shard * W;
+  o->begin = o->shard * (size_t)comm->rank;
+  const size_t el = ops->elem_size;
+  VL_CALL(ops->alloc(ops, (void **)&o->master, o->shard * sizeof(float), "fp32 master shard"));
+  VL_CALL(ops->alloc(ops, (void **)&o->mom1, o->shard * sizeof(float), "AdamW m shard"));
+  VL_CALL(ops->alloc(ops, (void **)&o->mom2, o->shard * sizeof(float), "AdamW v shard"));
+  VL_CALL(ops->alloc(ops, (void **)&o->grad_full, o->padded * el, "padded gradients"));
+  VL_CALL(ops->alloc(ops, (void **)&o->param_full, o->padded * el, "padded parameters"));
+  VL_CALL(ops->zero(ops, o->mom1, o->shard * sizeof(float)));
+  VL_CALL(ops->zero(ops, o->mom2, o->shard * sizeof(float)));
+  VL_CALL(ops->zero(ops, o->grad_full, o->padded * el));
+  VL_CALL(ops->zero(ops, o->master, o->shard * sizeof(float)));
+  size_t mine = o->begin < o->n ? (o->n - o->begin < o->shard ? o->n - o->begin : o->shard) : 0;
+  if (mine) VL_CALL(ops->put_raw(ops, o->master, host_params + o->begin, mine * sizeof(float)));
+  return VL_OK;
+}
+
+void vl_optim_destroy(vl_optim *o) {
+  if (!o->ops) return;
+  void *p[] = {o->master, o->mom1, o->mom2, o->grad_full, o->param_full};
+  for (int i = 0; i < 5; i++)
+    if (p[i]) o->ops->free(o->ops, p[i]);
+  memset(o, 0, sizeof *o);
+}
+
+int vl_optim_step(vl_optim *o, vl_graph *g, vl_optim_stats *st) {
+  vl_ops *ops = o->ops;
+  const size_t el = ops->elem_size;
+  const vl_comm_dtype dt = el == 2 ? VL_COMM_BF16 : VL_COMM_F32;
+  /* gradients: sum over ranks, each rank receiving its shard */
+  VL_CALL(ops->copy(ops, o->grad_full, g->grads, o->n * el));
+  VL_CALL(ops->sync(ops));
+  vl_t *grad_shard = (char *)o->grad_full + o->begin * el; /* in place: recv is my block */
+  if (o->comm->size > 1) {
+    VL_CALL(vl_comm_reduce_scatter(o->comm, dt, o->grad_full, o->param_full, o->shard));
+    VL_CALL(vl_comm_sync(o->comm));
+    grad_shard = o->param_full; /* reduce-scatter output lands at the start */
+  }
+  /* global norm from the shards */
+  double ss = 0;
+  size_t mine = o->begin < o->n ? (o->n - o->begin < o->shard ? o->n - o->begin : o->shard) : 0;
+  if (mine) VL_CALL(ops->sumsq(ops, grad_shard, mine, &ss));
+  VL_CALL(vl_comm_allreduce_double(o->comm, &ss, 1, VL_COMM_SUM));
+  const double norm = sqrt(ss);
+  double coef = 1.0;
+  if (o->cfg.grad_clip > 0 && norm > o->cfg.grad_clip) coef = o->cfg.grad_clip / (norm + 1e-6);
+  if (!isfinite(norm))
+    VL_ERROR(VL_EINVAL, "step %d: the gradient norm is not finite", o->step + 1);
+  const double lr = vl_optim_lr(&o->cfg, o->step);
+  o->step++;
+  /* AdamW on my shard, one call per parameter piece (decay per parameter) */
+  vl_t *out_shard = (char *)o->param_full + o->begin * el;
+  if (o->comm->size > 1) {
+    /* param_full's front held the reduced shard: keep it apart from the output */
+    VL_CALL(ops->copy(ops, (char *)o->grad_full + o->begin * el, o->param_full, mine * el));
+    grad_shard = (char *)o->grad_full + o->begin * el;
+  }
+  for (int i = 0; i < o->m->n_params && mine; i++) {
+    const vl_param *p = &o->m->params[i];
+    size_t a = p->offset > o->begin ? p->offset : o->begin;
+    size_t b = p->offset + p->numel < o->begin + mine ? p->offset + p->numel : o->begin + mine;
+    if (a >= b) continue;
+    size_t off = a - o->begin;
+    float wd = p->no_decay ? 0.0f : (float)o->cfg.weight_decay;
+    VL_CALL(ops->adamw(ops, o->master + off, o->mom1 + off, o->mom2 + off,
+                       (char *)grad_shard + off * el, (char *)out_shard + off * el, b - a,
+                       (float)lr, (float)o->cfg.adam_beta1, (float)o->cfg.adam_beta2,
+                       (float)o->cfg.adam_eps, wd, (float)coef, o->step));
+  }
+  VL_CALL(ops->sync(ops));
+  /* every rank gets every updated shard */
+  if (o->comm->size > 1) {
+    VL_CALL(ops->copy(ops, o->grad_full, out_shard, o->shard * el));
+    VL_CALL(ops->sync(ops));
+    VL_CALL(vl_comm_allgather(o->comm, dt, o->grad_full, o->param_full, o->shard));
+    VL_CALL(vl_comm_sync(o->comm));
+  }
+  VL_CALL(ops->copy(ops, g->params, o->param_full, o->n * el));
+  VL_CALL(ops->zero(ops, g->grads, o->n * el));
+  VL_CALL(ops->sync(ops));
+  st->grad_norm = norm;
+  st->lr = lr;
+  st->clip_coef = coef;
+  return VL_OK;
+}

@@ -1,0 +1,48 @@
+/* optim: the optimizer step — gradient reduction across ranks, global-norm
+ * clipping, AdamW on ZeRO-1 shards, the learning-rate schedule.
+ *
+ * ZeRO-1: the parameter block (padded to a multiple of the world size) is
+ * cut into equal contiguous shards; rank r owns shard r's fp32 master
+ * weights and AdamW moments.  A step reduce-scatters the summed gradients
+ * to the owners, each owner updates its shard, and an all-gather brings the
+ * updated working weights back to every rank.  Owns: shards, moments, step
+ * count.  Does not own: the forward/backward (graph), communication (comm).
+ */
+#ifndef VL_OPTIM_H
+#define VL_OPTIM_H
+
+#include <stddef.h>
+
+#include "comm.h"
+#include "config.h"
+#include "graph.h"
+
+typedef struct {
+  const vl_model *m;
+  vl_ops *ops;
+  vl_comm *comm;
+  vl_train_config cfg;
+  size_t n, padded, shard, begin;  /* elements: model, padded block, per rank, my offset */
+  float *master, *mom1, *mom2;     /* backend fp32 (shard) */
+  vl_t *grad_full, *param_full;    /* backend working type (padded) */
+  int step;                        /* optimizer steps taken */
+} vl_optim;
+
+typedef struct {
+  double grad_norm;  /* global, before clipping */
+  double lr;
+  double clip_coef;  /* 1 when not clipped */
+} vl_optim_stats;
+
+/* Learning rate of optimizer step `step` (0-based): Hugging Face's
+ * get_{cosine,linear,constant}_schedule_with_warmup times train.lr. */
+double vl_optim_lr(const vl_train_config *t, int step);
+
+/* host_params (n floats) are the initial fp32 weights, the same on every rank. */
+int vl_optim_create(vl_optim *o, const vl_model *m, vl_ops *ops, vl_comm *comm,
+                    const vl_train_config *cfg, const float *host_params);
+/* Reduces g->grads over ranks, clips, updates, writes g->params, zeroes g->grads. */
+int vl_optim_step(vl_optim *o, vl_graph *g, vl_optim_stats *stats);
+void vl_optim_destroy(vl_optim *o);
+
+#endif

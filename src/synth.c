@@ -1,0 +1,61 @@
+/* synth: generated samples (see synth.h). */
+#include "synth.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "err.h"
+#include "weights.h"
+
+void vl_synth_free(vl_synth *s) {
+  free(s->ids); free(s->labels); free(s->pixels);
+  memset(s, 0, sizeof *s);
+}
+
+int vl_synth_sample(vl_synth *s, const vl_model_config *mc, uint64_t seed, uint64_t index,
+                    int max_tokens, int max_patches) {
+  vl_synth_free(s);
+  uint64_t r = seed * 0x9E3779B97F4A7C15ull + index * 0xD1B54A32D192ED03ull + 1;
+  const int m = mc->vision.spatial_merge_size;
+  /* image of (2..4)m x (2..4)m patches, shrunk to fit max_patches */
+  int gh = m * (2 + (int)(vl_rng_next(&r) % 3)), gw = m * (2 + (int)(vl_rng_next(&r) % 3));
+  while (gh * gw > max_patches && gh > m) gh -= m;
+  while (gh * gw > max_patches && gw > m) gw -= m;
+  const int with_image = gh * gw <= max_patches;
+  const int n_img = with_image ? gh * gw / (m * m) : 0;
+  int prompt = 8 + (int)(vl_rng_next(&r) % 8), answer = 12 + (int)(vl_rng_next(&r) % 12);
+  int n = prompt + (with_image ? n_img + 2 : 0) + answer;
+  if (n > max_tokens) {
+    answer -= n - max_tokens;
+    if (answer < 2) VL_ERROR(VL_EINVAL, "train.max_seq_len %d is too small for a generated sample", max_tokens);
+    n = max_tokens;
+  }
+  const int patch_dim = mc->vision.in_channels * mc->vision.temporal_patch_size *
+                        mc->vision.patch_size * mc->vision.patch_size;
+  VL_CALL(vl_malloc((void **)&s->ids, (size_t)n * sizeof(int32_t), "sample ids"));
+  VL_CALL(vl_malloc((void **)&s->labels, (size_t)n * sizeof(int32_t), "sample labels"));
+  VL_CALL(vl_malloc((void **)&s->pixels, (size_t)(gh * gw + 1) * patch_dim * sizeof(float), "pixels"));
+  /* a 64-token alphabet well inside the vocabulary and below the special ids */
+  const int base = mc->text.vocab_size > 1100 ? 1000 : 0;
+  int alpha = 64;
+  const int special[4] = {mc->tokens.image_token_id, mc->tokens.video_token_id,
+                          mc->tokens.vision_start_token_id, mc->tokens.vision_end_token_id};
+  for (int k = 0; k < 4 && !base; k++)
+    if (special[k] < alpha) alpha = special[k];
+  if (alpha < 2) VL_ERROR(VL_EINVAL, "no room for generated text tokens below the special ids");
+  int t = 0;
+  for (int i = 0; i < prompt; i++) s->ids[t++] = base + (int32_t)(vl_rng_next(&r) % (uint64_t)alpha);
+  if (with_image) {
+    s->ids[t++] = mc->tokens.vision_start_token_id;
+    for (int i = 0; i < n_img; i++) s->ids[t++] = mc->tokens.image_token_id;
+    s->ids[t++] = mc->tokens.vision_end_token_id;
+  }
+  /* the answer repeats the prompt: learnable by attention */
+  for (int i = 0; i < answer; i++) s->ids[t++] = s->ids[i % prompt];
+  for (int i = 0; i < n; i++) s->labels[i] = i >= n - answer ? s->ids[i] : -100;
+  for (size_t i = 0; i < (size_t)gh * gw * patch_dim; i++) s->pixels[i] = vl_rng_normal(&r);
+  s->grid[0][0] = 1; s->grid[0][1] = gh; s->grid[0][2] = gw;
+  s->sample = (vl_sample){n, s->ids, s->labels, with_image, with_image ? (const int32_t(*)[3])s->grid : NULL,
+                          with_image ? s->pixels : NULL};
+  return VL_OK;
+}

@@ -1,0 +1,141 @@
+/* train: the training loop (see train.h). */
+#include "train.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "batch.h"
+#include "err.h"
+#include "synth.h"
+
+static double now(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+int vl_trainer_create(vl_trainer *t, const vl_config *cfg, const vl_model *m, vl_comm *comm,
+                      vl_ops *ops, const float *host_params) {
+  memset(t, 0, sizeof *t);
+  t->cfg = cfg; t->m = m; t->comm = comm; t->ops = ops;
+  const vl_train_config *tc = &cfg->train;
+  VL_CALL(vl_graph_create(&t->g, m, ops, tc->max_seq_len * tc->micro_batch,
+                          tc->max_vision_patches * tc->micro_batch, 0));
+  VL_CALL(ops->put(ops, t->g.params, host_params, m->n_elements));
+  VL_CALL(ops->zero(ops, t->g.grads, m->n_elements * ops->elem_size));
+  VL_CALL(vl_optim_create(&t->opt, m, ops, comm, tc, host_params));
+  return VL_OK;
+}
+
+void vl_trainer_destroy(vl_trainer *t) {
+  vl_optim_destroy(&t->opt);
+  vl_graph_destroy(&t->g);
+  memset(t, 0, sizeof *t);
+}
+
+int vl_trainer_params(vl_trainer *t, float *host) {
+  return t->ops->get(t->ops, host, t->g.params, t->m->n_elements);
+}
+
+int vl_trainer_step(vl_trainer *t, vl_step_report *r) {
+  const vl_train_config *tc = &t->cfg->train;
+  const int A = tc->grad_accum, mb = tc->micro_batch, W = t->comm->size, rank = t->comm->rank;
+  const double t0 = now();
+  /* this rank's samples for the whole step, to agree on the token count */
+  vl_synth *s = calloc((size_t)A * mb, sizeof *s);
+  vl_sample *samples = calloc((size_t)mb, sizeof *samples);
+  if (!s || !samples) { free(s); free(samples); VL_ERROR(VL_ENOMEM, "step samples"); }
+  int rc = VL_OK;
+  double counts[3] = {0, 0, 0}; /* supervised tokens, loss sum, LLM tokens */
+  for (int a = 0; a < A && rc == VL_OK; a++)
+    for (int k = 0; k < mb && rc == VL_OK; k++) {
+      uint64_t index = ((uint64_t)(t->step * A + a) * W + rank) * mb + k;
+      rc = vl_synth_sample(&s[a * mb + k], &t->cfg->model, tc->seed, index, tc->max_seq_len,
+                           tc->max_vision_patches);
+      if (rc == VL_OK) {
+        const vl_sample *x = &s[a * mb + k].sample;
+        for (int i = 1; i < x->n_tokens; i++) counts[0] += x->labels[i] >= 0;
+        counts[2] += x->n_tokens;
+      }
+    }
+  if (rc == VL_OK) {
+    double total[1] = {counts[0]};
+    rc = vl_comm_allreduce_double(t->comm, total, 1, VL_COMM_SUM);
+    const float scale = total[0] > 0 ? (float)(1.0 / total[0]) : 0.0f;
+    for (int a = 0; a < A && rc == VL_OK; a++) {
+      for (int k = 0; k < mb; k++) samples[k] = s[a * mb + k].sample;
+      vl_batch b;
+      double loss = 0;
+      rc = vl_batch_build(&b, &t->cfg->model, samples, mb);
+      if (rc == VL_OK) rc = vl_graph_set_batch(&t->g, &b);
+      if (rc == VL_OK) rc = vl_graph_forward(&t->g, scale, &loss);
+      if (rc == VL_OK) rc = vl_graph_backward(&t->g);
+      counts[1] += loss;
+      vl_batch_free(&b);
+    }
+    counts[0] = total[0];
+  }
+  for (int i = 0; i < A * mb; i++) vl_synth_free(&s[i]);
+  free(s);
+  free(samples);
+  if (rc) return vl_err_trace(rc, __FILE__, __LINE__, __func__);
+  vl_optim_stats st;
+  VL_CALL(vl_optim_step(&t->opt, &t->g, &st));
+  double sums[2] = {counts[1], counts[2]};
+  VL_CALL(vl_comm_allreduce_double(t->comm, sums, 2, VL_COMM_SUM));
+  t->step++;
+  t->tokens_done += sums[1];
+  r->step = t->step;
+  r->targets = counts[0];
+  r->loss = counts[0] > 0 ? sums[0] / counts[0] : 0.0;
+  r->lr = st.lr;
+  r->grad_norm = st.grad_norm;
+  r->tokens = sums[1];
+  r->seconds = now() - t0;
+  if (!isfinite(r->loss))
+    VL_ERROR(VL_EINVAL, "step %d: the loss is not finite", t->step);
+  return VL_OK;
+}
+
+static void fmt_time(char *buf, size_t n, double s) {
+  if (s < 3600) snprintf(buf, n, "%dm%02ds", (int)s / 60, (int)s % 60);
+  else snprintf(buf, n, "%dh%02dm", (int)s / 3600, ((int)s % 3600) / 60);
+}
+
+int vl_train_run(const vl_config *cfg, const vl_model *m, vl_comm *comm, vl_ops *ops,
+                 const float *host_params) {
+  vl_trainer t;
+  VL_CALL(vl_trainer_create(&t, cfg, m, comm, ops, host_params));
+  const int S = cfg->train.steps, tty = isatty(1);
+  const double start = now();
+  int rc = VL_OK;
+  if (comm->rank == 0)
+    printf("training: %d steps, global batch %d = %d ranks x %d micro-batch x %d accumulation\n", S,
+           comm->size * cfg->train.micro_batch * cfg->train.grad_accum, comm->size,
+           cfg->train.micro_batch, cfg->train.grad_accum);
+  for (int s = 0; s < S && rc == VL_OK; s++) {
+    vl_step_report r;
+    rc = vl_trainer_step(&t, &r);
+    if (rc || comm->rank != 0) continue;
+    double elapsed = now() - start, eta = elapsed / r.step * (S - r.step);
+    char e1[32], e2[32];
+    fmt_time(e1, sizeof e1, elapsed);
+    fmt_time(e2, sizeof e2, eta);
+    if (tty) {
+      int w = 20, done = (int)((double)r.step / S * w);
+      printf("\r[%.*s%*s] ", done, "####################", w - done, "");
+    }
+    printf("step %d/%d  loss %.4f  lr %.3e  grad norm %.3e  %.0f tok/s  %.3f s/step  elapsed %s  ETA %s%s",
+           r.step, S, r.loss, r.lr, r.grad_norm, r.tokens / r.seconds, r.seconds, e1, e2,
+           tty ? "   " : "\n");
+    fflush(stdout);
+  }
+  if (comm->rank == 0 && tty) printf("\n");
+  vl_trainer_destroy(&t);
+  if (rc) return vl_err_trace(rc, __FILE__, __LINE__, __func__);
+  return VL_OK;
+}

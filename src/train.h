@@ -1,0 +1,53 @@
+/* train: the training loop — micro-batches, gradient accumulation, the
+ * optimizer step, one report line per step.
+ *
+ * A step of the global batch takes ranks x micro_batch x grad_accum samples;
+ * sample (step s, micro a, rank r, slot k) is index ((s*A + a)*W + r)*mb + k
+ * of the data source, so ranks see disjoint samples and the set a step sees
+ * does not depend on how it is split between ranks and accumulation.  The
+ * loss of a step is the mean over every supervised token of the global batch
+ * (the count is agreed before the backward passes), so 2 ranks x accumulation
+ * 1 and 1 rank x accumulation 2 compute the same update.
+ */
+#ifndef VL_TRAIN_H
+#define VL_TRAIN_H
+
+#include "comm.h"
+#include "config.h"
+#include "graph.h"
+#include "model.h"
+#include "ops.h"
+#include "optim.h"
+
+typedef struct {
+  const vl_config *cfg;
+  const vl_model *m;
+  vl_comm *comm;
+  vl_ops *ops;
+  vl_graph g;
+  vl_optim opt;
+  int step;            /* optimizer steps done */
+  double tokens_done;  /* LLM tokens processed by all ranks */
+} vl_trainer;
+
+typedef struct {
+  int step;            /* 1-based */
+  double loss;         /* mean over the global batch's supervised tokens */
+  double lr, grad_norm, seconds, tokens;  /* tokens: LLM tokens of the global batch */
+  double targets;
+} vl_step_report;
+
+/* host_params: initial fp32 weights, identical on every rank. */
+int vl_trainer_create(vl_trainer *t, const vl_config *cfg, const vl_model *m, vl_comm *comm,
+                      vl_ops *ops, const float *host_params);
+int vl_trainer_step(vl_trainer *t, vl_step_report *r);
+/* Working weights to the host (n_elements floats). */
+int vl_trainer_params(vl_trainer *t, float *host);
+void vl_trainer_destroy(vl_trainer *t);
+
+/* Runs train.steps steps with a report line per step on rank 0 (a progress
+ * bar on a terminal). */
+int vl_train_run(const vl_config *cfg, const vl_model *m, vl_comm *comm, vl_ops *ops,
+                 const float *host_params);
+
+#endif
