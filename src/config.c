@@ -95,6 +95,9 @@ static const key_desc keys[] = {
   {"run.allow_shared_gpu", K_BOOL, OFF(run.allow_shared_gpu), 0, 1, "false", 0, NULL, 0, "allow more ranks than GPUs on a node"},
   {"run.data", K_STRING, OFF(run.data), 0, VL_PATH_MAX, "\"\"", 0, NULL, 0, "dataset.h5"},
   {"run.out_dir", K_STRING, OFF(run.out_dir), 0, VL_PATH_MAX, "out", 0, NULL, 0, "checkpoints and statistics"},
+  {"run.checkpoint_every", K_INT, OFF(run.checkpoint_every), 0, INT_MAX, "0", 0, NULL, 0, "steps between checkpoints (0: at the end only)"},
+  {"run.keep_checkpoints", K_INT, OFF(run.keep_checkpoints), 1, 1000000, "3", 0, NULL, 0, "newest checkpoints kept"},
+  {"run.resume", K_BOOL, OFF(run.resume), 0, 1, "true", 0, NULL, 0, "continue from out_dir/ckpt/latest if present"},
   {"run.nccl_timeout_s", K_DOUBLE, OFF(run.nccl_timeout_s), 1, 1e7, "600", 0, NULL, 0, "abort a collective that hangs this long"},
 };
 #define N_KEYS ((int)(sizeof keys / sizeof *keys))

@@ -103,6 +103,9 @@ typedef struct {
   char data[VL_PATH_MAX];    /* dataset.h5 */
   char out_dir[VL_PATH_MAX]; /* checkpoints, gradstats */
   double nccl_timeout_s;     /* abort a hung collective after this long */
+  int checkpoint_every;      /* steps between checkpoints (0: only at the end) */
+  int keep_checkpoints;      /* newest K kept */
+  int resume;                /* continue from out_dir/ckpt/latest when there is one */
 } vl_run_config;
 
 typedef struct {

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "batch.h"
+#include "ckpt.h"
 #include "err.h"
 #include "synth.h"
 
@@ -28,6 +29,12 @@ int vl_trainer_create(vl_trainer *t, const vl_config *cfg, const vl_model *m, vl
   VL_CALL(ops->put(ops, t->g.params, host_params, m->n_elements));
   VL_CALL(ops->zero(ops, t->g.grads, m->n_elements * ops->elem_size));
   VL_CALL(vl_optim_create(&t->opt, m, ops, comm, tc, host_params));
+  return VL_OK;
+}
+
+int vl_trainer_resume(vl_trainer *t, const char *path) {
+  VL_CALL(vl_ckpt_load(path, &t->opt, t->g.params));
+  t->step = t->opt.step;
   return VL_OK;
 }
 
@@ -111,15 +118,28 @@ int vl_train_run(const vl_config *cfg, const vl_model *m, vl_comm *comm, vl_ops 
   vl_trainer t;
   VL_CALL(vl_trainer_create(&t, cfg, m, comm, ops, host_params));
   const int S = cfg->train.steps, tty = isatty(1);
+  if (cfg->run.resume) {
+    char path[VL_PATH_MAX + 64];
+    int rc0 = vl_ckpt_latest(cfg->run.out_dir, path, sizeof path);
+    if (rc0 == VL_OK && path[0]) rc0 = vl_trainer_resume(&t, path);
+    if (rc0) { vl_trainer_destroy(&t); return vl_err_trace(rc0, __FILE__, __LINE__, __func__); }
+    if (path[0] && comm->rank == 0) printf("resumed from %s at step %d\n", path, t.step);
+  }
   const double start = now();
   int rc = VL_OK;
   if (comm->rank == 0)
     printf("training: %d steps, global batch %d = %d ranks x %d micro-batch x %d accumulation\n", S,
            comm->size * cfg->train.micro_batch * cfg->train.grad_accum, comm->size,
            cfg->train.micro_batch, cfg->train.grad_accum);
-  for (int s = 0; s < S && rc == VL_OK; s++) {
+  const int every = cfg->run.checkpoint_every;
+  for (int s = t.step; s < S && rc == VL_OK; s++) {
     vl_step_report r;
     rc = vl_trainer_step(&t, &r);
+    if (rc == VL_OK && ((every > 0 && r.step % every == 0) || r.step == S)) {
+      rc = vl_ckpt_save(cfg->run.out_dir, &t.opt, cfg, cfg->run.keep_checkpoints);
+      if (rc == VL_OK && comm->rank == 0 && !tty)
+        printf("checkpoint %s/ckpt/step_%07d.h5\n", cfg->run.out_dir, r.step);
+    }
     if (rc || comm->rank != 0) continue;
     double elapsed = now() - start, eta = elapsed / r.step * (S - r.step);
     char e1[32], e2[32];

@@ -41,6 +41,8 @@ typedef struct {
 int vl_trainer_create(vl_trainer *t, const vl_config *cfg, const vl_model *m, vl_comm *comm,
                       vl_ops *ops, const float *host_params);
 int vl_trainer_step(vl_trainer *t, vl_step_report *r);
+/* Continues from a checkpoint (any writer world size). */
+int vl_trainer_resume(vl_trainer *t, const char *path);
 /* Working weights to the host (n_elements floats). */
 int vl_trainer_params(vl_trainer *t, float *host);
 void vl_trainer_destroy(vl_trainer *t);

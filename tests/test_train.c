@@ -5,12 +5,17 @@
  *  - and equal a plain unsharded AdamW written here in double precision on
  *    the host (decoupled decay, no decay on norms/biases/embeddings, global
  *    norm clipping) fed by the model's gradients;
- *  - the loss goes down. */
+ *  - the loss goes down;
+ *  - checkpoints: 5 steps + save + resume + 5 steps is bitwise identical to
+ *    10 straight steps on the same ranks; a checkpoint written by W ranks
+ *    resumes on one rank and continues like the one-rank run; truncated,
+ *    foreign and another model's checkpoints give clear errors. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "batch.h"
+#include "ckpt.h"
 #include "comm.h"
 #include "config.h"
 #include "err.h"
@@ -85,6 +90,32 @@ int main(int argc, char **argv) {
   if (rank == 0) printf("%d ranks x accumulation 1: loss %.4f -> %.4f\n", W, first, last);
   CHECK(last < first, "loss did not go down: %.4f -> %.4f", first, last);
 
+  /* checkpoint directory shared by the ranks */
+  char dir[256] = "/tmp/vl_ckpt_XXXXXX";
+  if (rank == 0 && !mkdtemp(dir)) return 1;
+  MPI_Bcast(dir, sizeof dir, MPI_CHAR, 0, MPI_COMM_WORLD);
+  /* 5 steps, save (keep 2, saved twice: both kept), resume in a new trainer, 5 more */
+  double lost_a = last;
+  CHECK(vl_trainer_create(&tr, &cfg, &m, &cw, o, w0) == VL_OK, "trainer C");
+  for (int s = 0; s < 5; s++) { vl_step_report r; vl_trainer_step(&tr, &r); if (s == 3) vl_ckpt_save(dir, &tr.opt, &cfg, 2); }
+  CHECK(vl_ckpt_save(dir, &tr.opt, &cfg, 2) == VL_OK, "save: %s", vl_err_last());
+  vl_trainer_destroy(&tr);
+  char latest[512];
+  CHECK(vl_ckpt_latest(dir, latest, sizeof latest) == VL_OK && strstr(latest, "step_0000005.h5"), "latest %s", latest);
+  CHECK(vl_trainer_create(&tr, &cfg, &m, &cw, o, w0) == VL_OK && vl_trainer_resume(&tr, latest) == VL_OK,
+        "resume: %s", vl_err_last());
+  CHECK(tr.step == 5, "resumed at step %d", tr.step);
+  double last_d = 0;
+  for (int s = 0; s < 5; s++) { vl_step_report r; vl_trainer_step(&tr, &r); last_d = r.loss; }
+  float *pd = malloc(n * sizeof(float));
+  vl_trainer_params(&tr, pd);
+  vl_trainer_destroy(&tr);
+  CHECK(memcmp(pd, pa, n * sizeof(float)) == 0 && last_d == lost_a,
+        "5 + resume + 5 differs from 10 straight: %.3e, loss %.9g vs %.9g", rel_err_f32(pd, pa, n), last_d, lost_a);
+  if (rank == 0) printf("5 steps + checkpoint + resume + 5 steps == 10 steps: %s\n",
+                        memcmp(pd, pa, n * sizeof(float)) ? "NO" : "bitwise");
+  free(pd);
+
   if (rank == 0) {
     /* B: one rank x accumulation W over the same samples */
     vl_comm cs;
@@ -101,6 +132,54 @@ int main(int argc, char **argv) {
     double e = rel_err_f32(pa, pb, n);
     printf("%d ranks x accumulation 1 vs 1 rank x accumulation %d: parameters differ by %.2e\n", W, W, e);
     CHECK(e < 1e-5, "sharded vs one-rank accumulation: %.3e", e);
+
+    /* the W-rank checkpoint of step 5, resumed on one rank with accumulation W */
+    char p5[600];
+    snprintf(p5, sizeof p5, "%s/ckpt/step_0000005.h5", dir);
+    CHECK(vl_trainer_create(&tr, &cfg, &m, &cs, o, w0) == VL_OK && vl_trainer_resume(&tr, p5) == VL_OK,
+          "resume on one rank: %s", vl_err_last());
+    for (int s = 0; s < 5; s++) { vl_step_report r; vl_trainer_step(&tr, &r); }
+    float *pe = malloc(n * sizeof(float));
+    vl_trainer_params(&tr, pe);
+    vl_trainer_destroy(&tr);
+    e = rel_err_f32(pe, pb, n);
+    printf("%d-rank checkpoint resumed on 1 rank: parameters after 10 steps differ by %.2e\n", W, e);
+    CHECK(e < 1e-5, "cross-world-size resume: %.3e", e);
+    free(pe);
+
+    /* damaged and foreign checkpoints: clear errors */
+    vl_err_set_quiet(1);
+    char bad[700], cmd[1600];
+    snprintf(bad, sizeof bad, "%s/truncated.h5", dir);
+    snprintf(cmd, sizeof cmd, "head -c 100000 %s > %s", p5, bad);
+    CHECK(system(cmd) == 0, "truncate");
+    vl_trainer_create(&tr, &cfg, &m, &cs, o, w0);
+    int rc = vl_trainer_resume(&tr, bad);
+    CHECK(rc == VL_EIO || rc == VL_EHDF5, "truncated: rc %d %s", rc, vl_err_last());
+    snprintf(bad, sizeof bad, "%s/garbage.h5", dir);
+    FILE *gf = fopen(bad, "w"); fputs("not a checkpoint\n", gf); fclose(gf);
+    rc = vl_trainer_resume(&tr, bad);
+    CHECK(rc == VL_EIO && strstr(vl_err_last(), "cannot open as HDF5"), "garbage: %s", vl_err_last());
+    vl_trainer_destroy(&tr);
+    vl_config other;
+    char oy[4096];
+    snprintf(oy, sizeof oy, "%s", yaml);
+    char *v = strstr(oy, "vocab_size: 96");
+    memcpy(v, "vocab_size: 97", 14);
+    vl_config_load_string(&other, oy, "other.yaml");
+    vl_model mo;
+    vl_model_build(&mo, &other.model);
+    float *w2 = calloc(mo.n_elements, sizeof(float));
+    vl_trainer_create(&tr, &other, &mo, &cs, o, w2);
+    rc = vl_trainer_resume(&tr, p5);
+    CHECK(rc == VL_ESHAPE && strstr(vl_err_last(), "another model"), "other model: %s", vl_err_last());
+    vl_trainer_destroy(&tr);
+    free(w2);
+    vl_model_free(&mo);
+    vl_config_free(&other);
+    vl_err_set_quiet(0);
+    snprintf(cmd, sizeof cmd, "ls %s/ckpt | grep -c step_ | grep -qx 2", dir);
+    CHECK(system(cmd) == 0, "keep 2: the newest two checkpoints remain");
 
     /* C: a plain AdamW in double, unsharded, on gradients from the graph */
     vl_graph g;
@@ -158,6 +237,11 @@ int main(int argc, char **argv) {
   }
   int f = test_failures_;
   MPI_Allreduce(MPI_IN_PLACE, &f, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
+  if (rank == 0) {
+    char cmd[400];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    if (system(cmd)) fprintf(stderr, "cleanup of %s failed\n", dir);
+  }
   vl_ops_destroy(o);
   free(pa); free(w0);
   vl_model_free(&m);

@@ -1,0 +1,29 @@
+/* ckpt: checkpoints in parallel HDF5.
+ *
+ * One file per checkpoint, OUT/ckpt/step_NNNNNNN.h5:
+ *   /params/<HF name>         fp32 master weights, the tensor's HF shape
+ *   /optimizer/m/<HF name>    AdamW first moment, same shape
+ *   /optimizer/v/<HF name>    AdamW second moment
+ *   attributes of /: format, vltrain version, step, world_size (writer's),
+ *   seed, config (the merged YAML text), n_parameters, family.
+ * Every tensor is stored whole, so any number of ranks can read it back:
+ * each rank writes (and reads) the part of each tensor inside its ZeRO-1
+ * shard as a hyperslab selection, collectively.  Written to a temporary
+ * name, closed, renamed; then OUT/ckpt/latest (a text file naming it) is
+ * replaced the same way; older checkpoints beyond keep are removed.
+ */
+#ifndef VL_CKPT_H
+#define VL_CKPT_H
+
+#include "optim.h"
+
+/* Writes step t->opt.step from the optimizer's shards.  Collective. */
+int vl_ckpt_save(const char *out_dir, const vl_optim *opt, const vl_config *cfg, int keep);
+/* Path of the newest complete checkpoint in out_dir, "" if none. */
+int vl_ckpt_latest(const char *out_dir, char *path, size_t n);
+/* Restores master weights, moments and the step into opt (shards of this
+ * world size) and the working weights into params (backend memory).
+ * Checks the file against the model: every tensor present, shapes equal. */
+int vl_ckpt_load(const char *path, vl_optim *opt, vl_t *params);
+
+#endif
