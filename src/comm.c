@@ -194,6 +194,41 @@ static int staged_allreduce(vl_comm *c, vl_comm_dtype dt, void *buf, size_t n) {
     VL_ERROR(VL_ECUDA, "staging a collective through host memory: %s", cudaGetErrorString(ce));
   return rc;
 }
+
+/* Shared-GPU mode for reduce-scatter (kind 0) and all-gather (kind 1). */
+static int staged_collective(vl_comm *c, vl_comm_dtype dt, const void *send, void *recv,
+                             size_t n_per_rank, int kind) {
+  const size_t el = dt == VL_COMM_F32 ? 4 : 2, W = (size_t)c->size;
+  const size_t n_send = kind == 0 ? n_per_rank * W : n_per_rank;
+  const size_t n_recv = kind == 0 ? n_per_rank : n_per_rank * W;
+  if (n_per_rank > INT_MAX) VL_ERROR(VL_EINVAL, "staged collective of %zu elements per rank", n_per_rank);
+  void *raw = NULL;
+  float *fs = NULL, *fr = NULL;
+  int rc = vl_malloc(&raw, (n_send > n_recv ? n_send : n_recv) * el, "staged collective");
+  if (rc == VL_OK) rc = vl_malloc((void **)&fs, n_send * sizeof(float), "staged collective");
+  if (rc == VL_OK) rc = vl_malloc((void **)&fr, n_recv * sizeof(float), "staged collective");
+  cudaError_t ce = cudaSuccess;
+  if (rc == VL_OK) ce = cudaMemcpy(raw, send, n_send * el, cudaMemcpyDeviceToHost);
+  if (rc == VL_OK && ce == cudaSuccess) {
+    for (size_t i = 0; i < n_send; i++)
+      fs[i] = el == 4 ? ((float *)raw)[i] : bf16_bits_to_f32(((uint16_t *)raw)[i]);
+    int mrc = kind == 0
+        ? MPI_Reduce_scatter_block(fs, fr, (int)n_per_rank, MPI_FLOAT, MPI_SUM, c->world)
+        : MPI_Allgather(fs, (int)n_per_rank, MPI_FLOAT, fr, (int)n_per_rank, MPI_FLOAT, c->world);
+    if (mrc != MPI_SUCCESS)
+      rc = vl_err_raise(VL_EMPI, __FILE__, __LINE__, __func__, "staged %s failed",
+                        kind == 0 ? "MPI_Reduce_scatter_block" : "MPI_Allgather");
+    for (size_t i = 0; rc == VL_OK && i < n_recv; i++) {
+      if (el == 4) ((float *)raw)[i] = fr[i];
+      else ((uint16_t *)raw)[i] = f32_to_bf16_bits(fr[i]);
+    }
+    if (rc == VL_OK) ce = cudaMemcpy(recv, raw, n_recv * el, cudaMemcpyHostToDevice);
+  }
+  free(raw); free(fs); free(fr);
+  if (ce != cudaSuccess)
+    VL_ERROR(VL_ECUDA, "staging a collective through host memory: %s", cudaGetErrorString(ce));
+  return rc;
+}
 #endif
 
 int vl_comm_allreduce_sum(vl_comm *c, vl_comm_dtype dt, void *buf, size_t n) {
@@ -218,7 +253,7 @@ int vl_comm_reduce_scatter(vl_comm *c, vl_comm_dtype dt, const void *send, void 
                            size_t n_per_rank) {
 #ifdef VL_HAVE_CUDA
   if (c->backend == VL_BACKEND_CUDA && !c->nccl)
-    VL_ERROR(VL_ENOTSUP, "reduce-scatter/all-gather need one GPU per rank (NCCL); GPUs are shared here");
+    return staged_collective(c, dt, send, recv, n_per_rank, 0);
   if (c->backend == VL_BACKEND_CUDA) {
     NCCL_CHECK(ncclReduceScatter(send, recv, n_per_rank,
                                  dt == VL_COMM_F32 ? ncclFloat32 : ncclBfloat16, ncclSum,
@@ -237,7 +272,7 @@ int vl_comm_allgather(vl_comm *c, vl_comm_dtype dt, const void *send, void *recv
                       size_t n_per_rank) {
 #ifdef VL_HAVE_CUDA
   if (c->backend == VL_BACKEND_CUDA && !c->nccl)
-    VL_ERROR(VL_ENOTSUP, "reduce-scatter/all-gather need one GPU per rank (NCCL); GPUs are shared here");
+    return staged_collective(c, dt, send, recv, n_per_rank, 1);
   if (c->backend == VL_BACKEND_CUDA) {
     NCCL_CHECK(ncclAllGather(send, recv, n_per_rank,
                              dt == VL_COMM_F32 ? ncclFloat32 : ncclBfloat16,
