@@ -7,7 +7,7 @@
 #include "graph.h"
 
 #define PARAM(i) vl_graph_param(g, g->params, (i))
-#define GRAD(i) vl_graph_param(g, g->grads, (i))
+#define GRAD(i) vl_graph_grad(g, (i))
 
 static int zero(vl_graph *g, vl_t *buf, size_t elements) {
   return g->ops->zero(g->ops, buf, elements * g->ops->elem_size);
@@ -157,8 +157,17 @@ static int text_backward(vl_graph *g) {
   return VL_OK;
 }
 
+/* True when no vision-side parameter wants a gradient (frozen tower). */
+static int vision_frozen(const vl_graph *g) {
+  for (int i = 0; i < g->m->n_params; i++) {
+    const vl_param *p = &g->m->params[i];
+    if ((p->group == VL_GROUP_VISION || p->group == VL_GROUP_MERGER) && !p->frozen) return 0;
+  }
+  return 1;
+}
+
 int vl_graph_backward(vl_graph *g) {
   VL_CALL(text_backward(g));
-  if (g->P > 0) VL_CALL(vision_backward(g));
+  if (g->P > 0 && !vision_frozen(g)) VL_CALL(vision_backward(g));
   return VL_OK;
 }

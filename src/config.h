@@ -28,6 +28,7 @@ typedef enum {
 } vl_act_kind;
 typedef enum { VL_BACKEND_AUTO = 0, VL_BACKEND_CPU = 1, VL_BACKEND_CUDA = 2 } vl_backend_kind;
 typedef enum { VL_OPTIM_ZERO1 = 0, VL_OPTIM_LEAN = 1 } vl_optim_mode;
+typedef enum { VL_NONFINITE_SKIP = 0, VL_NONFINITE_STOP = 1 } vl_nonfinite_policy;
 typedef enum { VL_SCHED_COSINE = 0, VL_SCHED_LINEAR = 1, VL_SCHED_CONSTANT = 2 } vl_schedule;
 
 typedef struct {
@@ -94,6 +95,7 @@ typedef struct {
   int recompute;             /* activation recomputation per layer */
   vl_optim_mode optimizer;   /* zero1 (fp32 master + moments sharded) | lean */
   char freeze[256];          /* comma-separated name patterns, "" = none */
+  vl_nonfinite_policy nonfinite; /* a NaN/Inf loss or gradient: skip the step, or stop */
   uint64_t seed;
 } vl_train_config;
 

@@ -6,7 +6,7 @@
 #include "graph.h"
 
 #define PARAM(i) vl_graph_param(g, g->params, (i))
-#define GRAD(i) vl_graph_param(g, g->grads, (i))
+#define GRAD(i) vl_graph_grad(g, (i))
 
 /* Main merger: LayerNorm per patch (P, Vh), then view (P/4, 4Vh).
  * DeepStack merger (postshuffle): view (P/4, 4Vh), then LayerNorm over 4Vh.

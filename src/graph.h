@@ -107,4 +107,10 @@ static inline vl_t *vl_graph_param(const vl_graph *g, vl_t *block, int i) {
   return (char *)block + g->m->params[i].offset * g->ops->elem_size;
 }
 
+/* Gradient of parameter i, or NULL if absent or frozen (ops then skip it). */
+static inline vl_t *vl_graph_grad(const vl_graph *g, int i) {
+  if (i < 0 || g->m->params[i].frozen) return NULL;
+  return vl_graph_param(g, g->grads, i);
+}
+
 #endif

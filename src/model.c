@@ -1,6 +1,7 @@
 /* model: the parameter table and its layout (see model.h). */
 #include "model.h"
 
+#include <fnmatch.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -183,6 +184,25 @@ void vl_model_free(vl_model *m) {
   free(m->deepstack);
   free(m->layers);
   memset(m, 0, sizeof *m);
+}
+
+int vl_model_freeze(vl_model *m, const char *patterns, size_t *frozen_elements) {
+  char buf[512];
+  snprintf(buf, sizeof buf, "%s", patterns ? patterns : "");
+  *frozen_elements = 0;
+  for (char *save = NULL, *pat = strtok_r(buf, ", ", &save); pat; pat = strtok_r(NULL, ", ", &save)) {
+    int hits = 0;
+    for (int i = 0; i < m->n_params; i++)
+      if (fnmatch(pat, m->params[i].name, 0) == 0) {
+        if (!m->params[i].frozen) *frozen_elements += m->params[i].numel;
+        m->params[i].frozen = 1;
+        hits++;
+      }
+    if (!hits)
+      VL_ERROR(VL_EINVAL, "train.freeze: pattern '%s' matches no parameter (names are Hugging Face's, "
+               "e.g. model.visual.*)", pat);
+  }
+  return VL_OK;
 }
 
 int vl_model_find(const vl_model *m, const char *name) {

@@ -41,6 +41,7 @@ typedef struct {
   vl_param_group group;
   int no_decay;                 /* norms, biases, embeddings */
   int is_norm_weight;           /* initialised to 1 (RMSNorm/LayerNorm gains) */
+  int frozen;                   /* no gradient, no update (train.freeze) */
 } vl_param;
 
 /* Indices into the parameter table, per structural unit; -1 = absent. */
@@ -84,6 +85,11 @@ typedef struct {
 /* Builds the table from the configuration (checked by config.c). */
 int vl_model_build(vl_model *m, const vl_model_config *cfg);
 void vl_model_free(vl_model *m);
+
+/* Freezes every parameter whose HF name matches one of the comma-separated
+ * shell patterns (fnmatch), e.g. "model.visual.*".  A pattern matching no
+ * parameter is an error.  Returns the number of frozen elements. */
+int vl_model_freeze(vl_model *m, const char *patterns, size_t *frozen_elements);
 
 /* Index of the parameter with Hugging Face name `name`, or -1. */
 int vl_model_find(const vl_model *m, const char *name);

@@ -56,7 +56,7 @@ void vl_optim_destroy(vl_optim *o) {
   memset(o, 0, sizeof *o);
 }
 
-int vl_optim_step(vl_optim *o, vl_graph *g, vl_optim_stats *st) {
+int vl_optim_step(vl_optim *o, vl_graph *g, int force_skip, vl_optim_stats *st) {
   vl_ops *ops = o->ops;
   const size_t el = ops->elem_size;
   const vl_comm_dtype dt = el == 2 ? VL_COMM_BF16 : VL_COMM_F32;
@@ -77,8 +77,18 @@ int vl_optim_step(vl_optim *o, vl_graph *g, vl_optim_stats *st) {
   const double norm = sqrt(ss);
   double coef = 1.0;
   if (o->cfg.grad_clip > 0 && norm > o->cfg.grad_clip) coef = o->cfg.grad_clip / (norm + 1e-6);
-  if (!isfinite(norm))
-    VL_ERROR(VL_EINVAL, "step %d: the gradient norm is not finite", o->step + 1);
+  memset(st, 0, sizeof *st);
+  st->grad_norm = norm;
+  if (!isfinite(norm) || force_skip) {
+    if (o->cfg.nonfinite == VL_NONFINITE_STOP)
+      VL_ERROR(VL_EINVAL, "step %d: the %s is not finite (train.nonfinite: stop)", o->step + 1,
+               force_skip ? "loss" : "gradient norm");
+    VL_CALL(ops->zero(ops, g->grads, o->n * el));
+    VL_CALL(ops->sync(ops));
+    st->skipped = 1;
+    st->lr = vl_optim_lr(&o->cfg, o->step);
+    return VL_OK;
+  }
   const double lr = vl_optim_lr(&o->cfg, o->step);
   o->step++;
   /* AdamW on my shard, one call per parameter piece (decay per parameter) */
@@ -88,11 +98,13 @@ int vl_optim_step(vl_optim *o, vl_graph *g, vl_optim_stats *st) {
     VL_CALL(ops->copy(ops, (char *)o->grad_full + o->begin * el, o->param_full, mine * el));
     grad_shard = (char *)o->grad_full + o->begin * el;
   }
+  /* frozen parameters keep their weights: start the output from the current ones */
+  if (mine) VL_CALL(ops->copy(ops, out_shard, (char *)g->params + o->begin * el, mine * el));
   for (int i = 0; i < o->m->n_params && mine; i++) {
     const vl_param *p = &o->m->params[i];
     size_t a = p->offset > o->begin ? p->offset : o->begin;
     size_t b = p->offset + p->numel < o->begin + mine ? p->offset + p->numel : o->begin + mine;
-    if (a >= b) continue;
+    if (a >= b || p->frozen) continue;
     size_t off = a - o->begin;
     float wd = p->no_decay ? 0.0f : (float)o->cfg.weight_decay;
     VL_CALL(ops->adamw(ops, o->master + off, o->mom1 + off, o->mom2 + off,

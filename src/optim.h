@@ -32,6 +32,7 @@ typedef struct {
   double grad_norm;  /* global, before clipping */
   double lr;
   double clip_coef;  /* 1 when not clipped */
+  int skipped;       /* non-finite gradient: no update (train.nonfinite: skip) */
 } vl_optim_stats;
 
 /* Learning rate of optimizer step `step` (0-based): Hugging Face's
@@ -41,8 +42,9 @@ double vl_optim_lr(const vl_train_config *t, int step);
 /* host_params (n floats) are the initial fp32 weights, the same on every rank. */
 int vl_optim_create(vl_optim *o, const vl_model *m, vl_ops *ops, vl_comm *comm,
                     const vl_train_config *cfg, const float *host_params);
-/* Reduces g->grads over ranks, clips, updates, writes g->params, zeroes g->grads. */
-int vl_optim_step(vl_optim *o, vl_graph *g, vl_optim_stats *stats);
+/* Reduces g->grads over ranks, clips, updates, writes g->params, zeroes g->grads.
+ * force_skip: drop this step's gradients (a rank saw a non-finite loss). */
+int vl_optim_step(vl_optim *o, vl_graph *g, int force_skip, vl_optim_stats *stats);
 void vl_optim_destroy(vl_optim *o);
 
 #endif

@@ -90,10 +90,11 @@ int vl_trainer_step(vl_trainer *t, vl_step_report *r) {
   free(s);
   free(samples);
   if (rc) return vl_err_trace(rc, __FILE__, __LINE__, __func__);
+  double sums[3] = {counts[1], counts[2], isfinite(counts[1]) ? 0.0 : 1.0};
+  VL_CALL(vl_comm_allreduce_double(t->comm, sums, 3, VL_COMM_SUM));
   vl_optim_stats st;
-  VL_CALL(vl_optim_step(&t->opt, &t->g, &st));
-  double sums[2] = {counts[1], counts[2]};
-  VL_CALL(vl_comm_allreduce_double(t->comm, sums, 2, VL_COMM_SUM));
+  VL_CALL(vl_optim_step(&t->opt, &t->g, sums[2] > 0, &st));
+  if (st.skipped) t->skipped++;
   t->step++;
   t->tokens_done += sums[1];
   r->step = t->step;
@@ -103,8 +104,7 @@ int vl_trainer_step(vl_trainer *t, vl_step_report *r) {
   r->grad_norm = st.grad_norm;
   r->tokens = sums[1];
   r->seconds = now() - t0;
-  if (!isfinite(r->loss))
-    VL_ERROR(VL_EINVAL, "step %d: the loss is not finite", t->step);
+  r->skipped = st.skipped;
   return VL_OK;
 }
 
@@ -149,9 +149,9 @@ int vl_train_run(const vl_config *cfg, const vl_model *m, vl_comm *comm, vl_ops 
       int w = 20, done = (int)((double)r.step / S * w);
       printf("\r[%.*s%*s] ", done, "####################", w - done, "");
     }
-    printf("step %d/%d  loss %.4f  lr %.3e  grad norm %.3e  %.0f tok/s  %.3f s/step  elapsed %s  ETA %s%s",
+    printf("step %d/%d  loss %.4f  lr %.3e  grad norm %.3e  %.0f tok/s  %.3f s/step  elapsed %s  ETA %s%s%s",
            r.step, S, r.loss, r.lr, r.grad_norm, r.tokens / r.seconds, r.seconds, e1, e2,
-           tty ? "   " : "\n");
+           r.skipped ? "  SKIPPED (non-finite loss or gradient)" : "", tty ? "   " : "\n");
     fflush(stdout);
   }
   if (comm->rank == 0 && tty) printf("\n");

@@ -28,6 +28,7 @@ typedef struct {
   vl_optim opt;
   int step;            /* optimizer steps done */
   double tokens_done;  /* LLM tokens processed by all ranks */
+  int skipped;         /* steps skipped for non-finite values */
 } vl_trainer;
 
 typedef struct {
@@ -35,6 +36,7 @@ typedef struct {
   double loss;         /* mean over the global batch's supervised tokens */
   double lr, grad_norm, seconds, tokens;  /* tokens: LLM tokens of the global batch */
   double targets;
+  int skipped;         /* the update was skipped (non-finite loss or gradient) */
 } vl_step_report;
 
 /* host_params: initial fp32 weights, identical on every rank. */

@@ -88,6 +88,13 @@ int main(int argc, char **argv) {
   vl_model m;
   int rc = vl_config_load(&cfg, path);
   if (rc == VL_OK) rc = vl_model_build(&m, &cfg.model);
+  size_t frozen = 0;
+  if (rc == VL_OK && cfg.train.freeze[0]) {
+    rc = vl_model_freeze(&m, cfg.train.freeze, &frozen);
+    char b[40];
+    if (rc == VL_OK && rank == 0)
+      printf("frozen: %s parameters (train.freeze: %s)\n", vl_fmt_count(b, sizeof b, frozen), cfg.train.freeze);
+  }
   if (rc == VL_OK && dry) {
     if (rank == 0) rc = dry_run(&cfg, &m, size);
   } else if (rc == VL_OK) {
