@@ -2,6 +2,7 @@
 #include "train.h"
 
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -108,16 +109,33 @@ int vl_trainer_step(vl_trainer *t, vl_step_report *r) {
   return VL_OK;
 }
 
+static volatile sig_atomic_t stop_requested;
+static void on_signal(int sig) { stop_requested = sig; }
+
+void vl_train_catch_signals(void) {
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_signal;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGTERM, &sa, NULL);
+  sigaction(SIGUSR1, &sa, NULL);
+}
+
 static void fmt_time(char *buf, size_t n, double s) {
   if (s < 3600) snprintf(buf, n, "%dm%02ds", (int)s / 60, (int)s % 60);
   else snprintf(buf, n, "%dh%02dm", (int)s / 3600, ((int)s % 3600) / 60);
 }
 
 int vl_train_run(const vl_config *cfg, const vl_model *m, vl_comm *comm, vl_ops *ops,
-                 const float *host_params) {
+                 const float *host_params, int *preempted) {
   vl_trainer t;
+  *preempted = 0;
   VL_CALL(vl_trainer_create(&t, cfg, m, comm, ops, host_params));
-  const int S = cfg->train.steps, tty = isatty(1);
+  /* a progress bar only on a terminal we own: launchers (mpirun, srun) give
+   * ranks a pty even when the job's output goes to a file */
+  const char *bar = getenv("VL_PROGRESS_BAR");
+  const int launched = getenv("OMPI_COMM_WORLD_SIZE") || getenv("SLURM_PROCID") || getenv("PMI_RANK");
+  const int S = cfg->train.steps, tty = bar ? atoi(bar) != 0 : (isatty(1) && !launched);
   if (cfg->run.resume) {
     char path[VL_PATH_MAX + 64];
     int rc0 = vl_ckpt_latest(cfg->run.out_dir, path, sizeof path);
@@ -135,11 +153,18 @@ int vl_train_run(const vl_config *cfg, const vl_model *m, vl_comm *comm, vl_ops 
   for (int s = t.step; s < S && rc == VL_OK; s++) {
     vl_step_report r;
     rc = vl_trainer_step(&t, &r);
-    if (rc == VL_OK && ((every > 0 && r.step % every == 0) || r.step == S)) {
+    double stop = stop_requested;
+    if (rc == VL_OK) rc = vl_comm_allreduce_double(comm, &stop, 1, VL_COMM_MAX);
+    if (rc == VL_OK && stop > 0) *preempted = 1;
+    if (rc == VL_OK && ((every > 0 && r.step % every == 0) || r.step == S || *preempted)) {
       rc = vl_ckpt_save(cfg->run.out_dir, &t.opt, cfg, cfg->run.keep_checkpoints);
       if (rc == VL_OK && comm->rank == 0 && !tty)
         printf("checkpoint %s/ckpt/step_%07d.h5\n", cfg->run.out_dir, r.step);
     }
+    if (rc == VL_OK && *preempted && comm->rank == 0)
+      printf("%sstopping at step %d on signal %d: checkpoint written, exit %d (requeue to continue)\n",
+             tty ? "\n" : "", r.step, (int)stop, VL_EXIT_PREEMPTED);
+    if (*preempted) break;
     if (rc || comm->rank != 0) continue;
     double elapsed = now() - start, eta = elapsed / r.step * (S - r.step);
     char e1[32], e2[32];

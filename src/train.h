@@ -49,9 +49,17 @@ int vl_trainer_resume(vl_trainer *t, const char *path);
 int vl_trainer_params(vl_trainer *t, float *host);
 void vl_trainer_destroy(vl_trainer *t);
 
+/* Exit status of a run stopped by SIGTERM/SIGUSR1 after writing a
+ * checkpoint: the job script requeues it (EX_TEMPFAIL). */
+#define VL_EXIT_PREEMPTED 75
+
+/* SIGTERM and SIGUSR1 ask every rank to finish the current step, write a
+ * checkpoint and stop (the ranks agree after each step). */
+void vl_train_catch_signals(void);
+
 /* Runs train.steps steps with a report line per step on rank 0 (a progress
- * bar on a terminal). */
+ * bar on a terminal).  *preempted = 1 when a signal stopped it early. */
 int vl_train_run(const vl_config *cfg, const vl_model *m, vl_comm *comm, vl_ops *ops,
-                 const float *host_params);
+                 const float *host_params, int *preempted);
 
 #endif

@@ -61,9 +61,12 @@ static int train(const vl_config *cfg, const vl_model *m, vl_comm *comm) {
   }
   if (rc == VL_OK && comm->rank == 0)
     printf("data: generated samples (datasets arrive with vlprep; see README)\n");
-  if (rc == VL_OK) rc = vl_train_run(cfg, m, comm, ops, w);
+  int preempted = 0;
+  if (rc == VL_OK) rc = vl_train_run(cfg, m, comm, ops, w, &preempted);
+  if (rc == VL_OK && preempted) rc = -1;
   free(w);
   vl_ops_destroy(ops);
+  if (rc == -1) return -1; /* preempted: a checkpoint was written */
   if (rc) return vl_err_trace(rc, __FILE__, __LINE__, __func__);
   return VL_OK;
 }
@@ -108,7 +111,15 @@ int main(int argc, char **argv) {
         vl_model_print_summary(&m);
       }
       rc = vl_comm_print_map(&comm);
+      vl_train_catch_signals();
       if (rc == VL_OK) rc = train(&cfg, &m, &comm);
+    }
+    if (rc == -1) { /* preempted after a checkpoint: the job script requeues */
+      vl_comm_free(&comm);
+      vl_model_free(&m);
+      vl_config_free(&cfg);
+      vl_comm_mpi_finalize();
+      return VL_EXIT_PREEMPTED;
     }
     if (rc != VL_OK) {
       fprintf(stderr, "vltrain: rank %d stopping (%s)\n", rank, vl_err_name(rc));

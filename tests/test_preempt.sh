@@ -1,0 +1,46 @@
+#!/bin/sh
+# Preemption: SIGUSR1 to one rank of a 2-rank run makes every rank finish its
+# step, write a checkpoint and exit 75; the rerun resumes from it and
+# finishes.  (Slurm sends the signal before the time limit; see
+# jobscripts/slurm-train.sh.)
+[ -n "${MPIRUN:-}" ] && command -v "$MPIRUN" >/dev/null 2>&1 || { echo "no mpirun"; exit 77; }
+if [ "$(id -u)" = 0 ]; then export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1; fi
+export OMPI_MCA_rmaps_base_oversubscribe=1 OMP_NUM_THREADS=1
+dir=$(mktemp -d /tmp/vl_preempt_XXXXXX)
+trap 'rm -rf "$dir"' EXIT
+cat > "$dir/run.yaml" <<EOY
+model:
+  family: qwen3-vl
+  text: {vocab_size: 96, hidden_size: 16, intermediate_size: 24, num_hidden_layers: 2,
+         num_attention_heads: 2, num_key_value_heads: 1, head_dim: 8, rope_theta: 10000,
+         mrope_section: [2, 1, 1]}
+  vision: {depth: 1, hidden_size: 16, intermediate_size: 24, num_heads: 2, patch_size: 2,
+           spatial_merge_size: 2, out_hidden_size: 16, num_position_embeddings: 16}
+  tokens: {image_token_id: 92, video_token_id: 93, vision_start_token_id: 90, vision_end_token_id: 91}
+train: {steps: 100000, grad_accum: 1, max_seq_len: 96, max_vision_patches: 64, lr: 1.0e-3}
+run: {backend: cpu, out_dir: $dir/out}
+EOY
+"$MPIRUN" --oversubscribe -np 2 "$VL_BUILDDIR/src/vltrain" "$dir/run.yaml" > "$dir/log1" 2>&1 &
+job=$!
+i=0
+until grep -q "step 5/" "$dir/log1" 2>/dev/null; do
+  i=$((i + 1)); [ $i -gt 600 ] && { echo "FAIL: no progress"; cat "$dir/log1"; kill $job; exit 1; }
+  sleep 0.1
+done
+pid=$(pgrep -f "src/vltrain $dir/run.yaml" | head -n 1)
+[ -n "$pid" ] || { echo "FAIL: no rank process"; kill $job; exit 1; }
+kill -USR1 "$pid"
+wait $job; rc=$?
+tail -n 3 "$dir/log1"
+[ $rc -eq 75 ] || { echo "FAIL: exit $rc, expected 75"; cat "$dir/log1"; exit 1; }
+grep -q "stopping at step" "$dir/log1" || { echo "FAIL: no stop message"; exit 1; }
+k=$(sed 's/step_0*\([0-9]*\).h5/\1/' "$dir/out/ckpt/latest")
+[ -n "$k" ] && [ "$k" -ge 5 ] || { echo "FAIL: checkpoint step '$k'"; exit 1; }
+echo "preempted at step $k with a checkpoint; resuming"
+sed -i "s/steps: 100000/steps: $((k + 3))/" "$dir/run.yaml"
+"$MPIRUN" --oversubscribe -np 2 "$VL_BUILDDIR/src/vltrain" "$dir/run.yaml" > "$dir/log2" 2>&1; rc=$?
+tail -n 2 "$dir/log2"
+[ $rc -eq 0 ] || { echo "FAIL: resumed run exit $rc"; cat "$dir/log2"; exit 1; }
+grep -q "resumed from .*step_0*$k.h5 at step $k" "$dir/log2" || { echo "FAIL: did not resume from step $k"; exit 1; }
+grep -q "step $((k + 3))/$((k + 3))" "$dir/log2" || { echo "FAIL: did not finish"; exit 1; }
+echo "preemption ok"
