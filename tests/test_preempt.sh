@@ -2,7 +2,7 @@
 # Preemption: SIGUSR1 to one rank of a 2-rank run makes every rank finish its
 # step, write a checkpoint and exit 75; the rerun resumes from it and
 # finishes.  (Slurm sends the signal before the time limit; see
-# jobscripts/slurm-train.sh.)
+# jobscripts/train.slurm.)
 [ -n "${MPIRUN:-}" ] && command -v "$MPIRUN" >/dev/null 2>&1 || { echo "no mpirun"; exit 77; }
 if [ "$(id -u)" = 0 ]; then export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1; fi
 export OMPI_MCA_rmaps_base_oversubscribe=1 OMP_NUM_THREADS=1

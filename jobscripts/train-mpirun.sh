@@ -1,10 +1,10 @@
 #!/bin/bash
-# run-mpirun.sh NRANKS CONFIG.yaml [vltrain options]: one rank per GPU on
+# train-mpirun.sh NRANKS CONFIG.yaml [vltrain options]: one rank per GPU on
 # hosts without Slurm (Open MPI); ranks bind to GPUs by node-local rank.
-#   jobscripts/run-mpirun.sh 2 inputs/tiny.yaml
-#   HOSTFILE=hosts jobscripts/run-mpirun.sh 16 inputs/example-finetune.yaml
+#   jobscripts/train-mpirun.sh 2 inputs/tiny.yaml
+#   HOSTFILE=hosts jobscripts/train-mpirun.sh 16 inputs/example-finetune.yaml
 set -uo pipefail
-n=${1:?usage: run-mpirun.sh NRANKS CONFIG.yaml [options]}; shift
+n=${1:?usage: train-mpirun.sh NRANKS CONFIG.yaml [options]}; shift
 top=$(cd "$(dirname "$0")/.." && pwd)
 vltrain=${VLTRAIN:-$top/build/src/vltrain}
 extra=()
