@@ -36,6 +36,38 @@ static int cu_sumsq(vl_ops *o, const vl_t *x, size_t n, double *out) {
   return VL_OK;
 }
 
+__global__ void k_diff_sumsq(double *out, const bf16 *a, const bf16 *b, size_t n) {
+  __shared__ float red[32];
+  float s = 0.0f;
+  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+    float d = __bfloat162float(a[i]) - __bfloat162float(b[i]);
+    s += d * d;
+  }
+  s = vl_warp_sum(s);
+  if (threadIdx.x % 32 == 0) red[threadIdx.x / 32] = s;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    double t = 0.0;
+    for (int w = 0; w < (int)blockDim.x / 32; w++) t += red[w];
+    atomicAdd(out, t);
+  }
+}
+
+static int cu_diff_sumsq(vl_ops *o, const vl_t *a, const vl_t *b, size_t n, double *out) {
+  vl_cuda_ctx *c = vl_ctx(o);
+  double *d;
+  VL_CALL(vl_cuda_scratch(o, VL_SCRATCH_B, sizeof(double), (void **)&d));
+  CUDA_CHECK(cudaMemsetAsync(d, 0, sizeof(double), c->stream));
+  unsigned blocks = vl_blocks(n, 256);
+  if (blocks > 4096) blocks = 4096;
+  if (blocks == 0) blocks = 1;
+  k_diff_sumsq<<<blocks, 256, 0, c->stream>>>(d, (const bf16 *)a, (const bf16 *)b, n);
+  LAUNCH_CHECK("diff_sumsq");
+  CUDA_CHECK(cudaMemcpyAsync(out, d, sizeof(double), cudaMemcpyDeviceToHost, c->stream));
+  CUDA_CHECK(cudaStreamSynchronize(c->stream));
+  return VL_OK;
+}
+
 __global__ void k_adamw(float *master, float *m, float *v, const bf16 *grad, bf16 *param, size_t n,
                         float lr, float b1, float b2, float eps, float wd, float gs, float step,
                         float bc2s) {
@@ -63,5 +95,6 @@ static int cu_adamw(vl_ops *o, float *master, float *m, float *v, const vl_t *gr
 
 void vl_cuda_register_optim(vl_ops *o) {
   o->sumsq = cu_sumsq;
+  o->diff_sumsq = cu_diff_sumsq;
   o->adamw = cu_adamw;
 }

@@ -168,6 +168,8 @@ struct vl_ops {
    *   param = master (rounded to the working type)
    * master, m, v fp32; grad, param working type; t = step (1-based).        */
   int (*sumsq)(vl_ops *o, const vl_t *x, size_t n, double *out);
+  /* *out (host) = sum of (a[i] - b[i])^2: the size of an update */
+  int (*diff_sumsq)(vl_ops *o, const vl_t *a, const vl_t *b, size_t n, double *out);
   int (*adamw)(vl_ops *o, float *master, float *m, float *v, const vl_t *grad, vl_t *param,
                size_t n, float lr, float b1, float b2, float eps, float wd, float grad_scale,
                int t);

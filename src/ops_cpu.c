@@ -636,6 +636,14 @@ static int cpu_sumsq(vl_ops *o, const vl_t *x_, size_t n, double *out) {
   return VL_OK;
 }
 
+static int cpu_diff_sumsq(vl_ops *o, const vl_t *a_, const vl_t *b_, size_t n, double *out) {
+  const f32 *a = a_, *b = b_;
+  double s = 0.0;
+  for (size_t i = 0; i < n; i++) s += ((double)a[i] - b[i]) * ((double)a[i] - b[i]);
+  *out = s;
+  return VL_OK;
+}
+
 static int cpu_adamw(vl_ops *o, float *master, float *m, float *v, const vl_t *grad_, vl_t *param_,
                      size_t n, float lr, float b1, float b2, float eps, float wd, float gs, int t) {
   const f32 *grad = grad_;
@@ -692,6 +700,7 @@ int vl_ops_cpu_create(vl_ops **out) {
   o->embed_bag_backward = cpu_embed_bag_backward;
   o->lmhead_ce = cpu_lmhead_ce;
   o->sumsq = cpu_sumsq;
+  o->diff_sumsq = cpu_diff_sumsq;
   o->adamw = cpu_adamw;
   *out = o;
   return VL_OK;

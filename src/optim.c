@@ -60,6 +60,18 @@ int vl_optim_step(vl_optim *o, vl_graph *g, int force_skip, vl_optim_stats *st) 
   vl_ops *ops = o->ops;
   const size_t el = ops->elem_size;
   const vl_comm_dtype dt = el == 2 ? VL_COMM_BF16 : VL_COMM_F32;
+  double *want_t[3] = {st->tensor_grad_norm, st->tensor_param_norm, st->tensor_update_ratio};
+  double *want_r = st->rank_grad_norm;
+  const int np = o->m->n_params, detail = want_t[0] || want_t[1] || want_t[2] || want_r;
+  /* local gradient norms before the reduction (per rank; noise scale) */
+  double local = 0;
+  if (detail) {
+    VL_CALL(ops->sumsq(ops, g->grads, o->n, &local));
+    for (int r = 0; r < o->comm->size && want_r; r++) want_r[r] = 0;
+    if (want_r) want_r[o->comm->rank] = local;
+    if (want_r) VL_CALL(vl_comm_allreduce_double(o->comm, want_r, o->comm->size, VL_COMM_SUM));
+    for (int r = 0; r < o->comm->size && want_r; r++) want_r[r] = sqrt(want_r[r]);
+  }
   /* gradients: sum over ranks, each rank receiving its shard */
   VL_CALL(ops->copy(ops, o->grad_full, g->grads, o->n * el));
   VL_CALL(ops->sync(ops));
@@ -77,7 +89,16 @@ int vl_optim_step(vl_optim *o, vl_graph *g, int force_skip, vl_optim_stats *st) 
   const double norm = sqrt(ss);
   double coef = 1.0;
   if (o->cfg.grad_clip > 0 && norm > o->cfg.grad_clip) coef = o->cfg.grad_clip / (norm + 1e-6);
-  memset(st, 0, sizeof *st);
+  {
+    double bad = isfinite(local) ? 0 : 1;
+    if (detail) VL_CALL(vl_comm_allreduce_double(o->comm, &bad, 1, VL_COMM_SUM));
+    double *keep[4] = {st->tensor_grad_norm, st->tensor_param_norm, st->tensor_update_ratio,
+                       st->rank_grad_norm};
+    memset(st, 0, sizeof *st);
+    st->tensor_grad_norm = keep[0]; st->tensor_param_norm = keep[1];
+    st->tensor_update_ratio = keep[2]; st->rank_grad_norm = keep[3];
+    st->nonfinite_ranks = (int)bad;
+  }
   st->grad_norm = norm;
   if (!isfinite(norm) || force_skip) {
     if (o->cfg.nonfinite == VL_NONFINITE_STOP)
@@ -113,6 +134,31 @@ int vl_optim_step(vl_optim *o, vl_graph *g, int force_skip, vl_optim_stats *st) 
                        (float)o->cfg.adam_eps, wd, (float)coef, o->step));
   }
   VL_CALL(ops->sync(ops));
+  if (detail) { /* per-tensor norms from the shard pieces, summed over ranks */
+    double *acc = calloc((size_t)3 * np + 1, sizeof(double));
+    if (!acc) VL_ERROR(VL_ENOMEM, "statistics");
+    int rc = VL_OK;
+    for (int i = 0; i < np && mine && rc == VL_OK; i++) {
+      const vl_param *p = &o->m->params[i];
+      size_t a = p->offset > o->begin ? p->offset : o->begin;
+      size_t b = p->offset + p->numel < o->begin + mine ? p->offset + p->numel : o->begin + mine;
+      if (a >= b) continue;
+      size_t off = a - o->begin;
+      const char *old = (const char *)g->params + a * el, *nw = (const char *)out_shard + off * el;
+      rc = ops->sumsq(ops, (const char *)grad_shard + off * el, b - a, &acc[i]);
+      if (rc == VL_OK) rc = ops->sumsq(ops, nw, b - a, &acc[np + i]);
+      if (rc == VL_OK) rc = ops->diff_sumsq(ops, nw, old, b - a, &acc[2 * np + i]);
+    }
+    if (rc == VL_OK) rc = vl_comm_allreduce_double(o->comm, acc, 3 * np, VL_COMM_SUM);
+    for (int i = 0; i < np && rc == VL_OK; i++) {
+      /* gradient norms before clipping */
+      if (want_t[0]) want_t[0][i] = sqrt(acc[i]);
+      if (want_t[1]) want_t[1][i] = sqrt(acc[np + i]);
+      if (want_t[2]) want_t[2][i] = acc[np + i] > 0 ? sqrt(acc[2 * np + i] / acc[np + i]) : 0.0;
+    }
+    free(acc);
+    VL_CALL(rc);
+  }
   /* every rank gets every updated shard */
   if (o->comm->size > 1) {
     VL_CALL(ops->copy(ops, o->grad_full, out_shard, o->shard * el));

@@ -33,6 +33,12 @@ typedef struct {
   double lr;
   double clip_coef;  /* 1 when not clipped */
   int skipped;       /* non-finite gradient: no update (train.nonfinite: skip) */
+  /* Filled when the caller points them at arrays (gradient statistics):
+   * per tensor [n_params]: gradient norm, weight norm after the update,
+   * ||update|| / ||weight after||; per rank [world]: the norm of the rank's
+   * own (unreduced) gradient.  NULL: not computed. */
+  double *tensor_grad_norm, *tensor_param_norm, *tensor_update_ratio, *rank_grad_norm;
+  int nonfinite_ranks;  /* ranks whose local gradient was not finite */
 } vl_optim_stats;
 
 /* Learning rate of optimizer step `step` (0-based): Hugging Face's

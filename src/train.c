@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "batch.h"
@@ -59,6 +60,7 @@ int vl_trainer_step(vl_trainer *t, vl_step_report *r) {
   if (!s || !samples) { free(s); free(samples); VL_ERROR(VL_ENOMEM, "step samples"); }
   int rc = VL_OK;
   double counts[3] = {0, 0, 0}; /* supervised tokens, loss sum, LLM tokens */
+  double local_targets = 0;      /* this rank's supervised tokens */
   for (int a = 0; a < A && rc == VL_OK; a++)
     for (int k = 0; k < mb && rc == VL_OK; k++) {
       uint64_t index = ((uint64_t)(t->step * A + a) * W + rank) * mb + k;
@@ -71,6 +73,7 @@ int vl_trainer_step(vl_trainer *t, vl_step_report *r) {
       }
     }
   if (rc == VL_OK) {
+    local_targets = counts[0];
     double total[1] = {counts[0]};
     rc = vl_comm_allreduce_double(t->comm, total, 1, VL_COMM_SUM);
     const float scale = total[0] > 0 ? (float)(1.0 / total[0]) : 0.0f;
@@ -93,8 +96,26 @@ int vl_trainer_step(vl_trainer *t, vl_step_report *r) {
   if (rc) return vl_err_trace(rc, __FILE__, __LINE__, __func__);
   double sums[3] = {counts[1], counts[2], isfinite(counts[1]) ? 0.0 : 1.0};
   VL_CALL(vl_comm_allreduce_double(t->comm, sums, 3, VL_COMM_SUM));
+  /* detailed statistics every train.stats_every steps (all ranks take part) */
+  const int every = tc->stats_every, np = t->m->n_params;
+  const int detail = t->record && every > 0 && (t->step + 1) % every == 0;
+  double *tg = NULL, *rank_tok = NULL;
   vl_optim_stats st;
-  VL_CALL(vl_optim_step(&t->opt, &t->g, sums[2] > 0, &st));
+  memset(&st, 0, sizeof st);
+  if (detail) {
+    tg = calloc((size_t)3 * np + 2 * (size_t)W + 2, sizeof(double));
+    if (!tg) VL_ERROR(VL_ENOMEM, "statistics");
+    st.tensor_grad_norm = tg;
+    st.tensor_param_norm = tg + np;
+    st.tensor_update_ratio = tg + 2 * np;
+    st.rank_grad_norm = tg + 3 * np;
+    rank_tok = tg + 3 * np + W;
+    rank_tok[rank] = local_targets;
+    int trc = vl_comm_allreduce_double(t->comm, rank_tok, W, VL_COMM_SUM);
+    if (trc) { free(tg); return vl_err_trace(trc, __FILE__, __LINE__, __func__); }
+  }
+  int orc = vl_optim_step(&t->opt, &t->g, sums[2] > 0, &st);
+  if (orc) { free(tg); return vl_err_trace(orc, __FILE__, __LINE__, __func__); }
   if (st.skipped) t->skipped++;
   t->step++;
   t->tokens_done += sums[1];
@@ -106,6 +127,22 @@ int vl_trainer_step(vl_trainer *t, vl_step_report *r) {
   r->tokens = sums[1];
   r->seconds = now() - t0;
   r->skipped = st.skipped;
+  if (detail && t->stats) {
+    /* noise scale: per-rank mean gradients G_r = g_r N / n_r (g_r is scaled by 1/N) */
+    double small_sq = 0, b_small = 0;
+    for (int q = 0; q < W; q++) {
+      double gr = rank_tok[q] > 0 ? st.rank_grad_norm[q] * counts[0] / rank_tok[q] : 0;
+      small_sq += gr * gr / W;
+      b_small += rank_tok[q] / W;
+    }
+    vl_gradstats_row row = {t->step, r->loss, r->lr, r->tokens / r->seconds, r->grad_norm,
+                            st.clip_coef, vl_noise_scale(small_sq, b_small, r->grad_norm * r->grad_norm, counts[0]),
+                            NAN, st.skipped, st.nonfinite_ranks, st.tensor_grad_norm,
+                            st.tensor_param_norm, st.tensor_update_ratio, st.rank_grad_norm};
+    int grc = vl_gradstats_append(t->stats, &row);
+    if (grc) { free(tg); return vl_err_trace(grc, __FILE__, __LINE__, __func__); }
+  }
+  free(tg);
   return VL_OK;
 }
 
@@ -149,6 +186,23 @@ int vl_train_run(const vl_config *cfg, const vl_model *m, vl_comm *comm, vl_ops 
     printf("training: %d steps, global batch %d = %d ranks x %d micro-batch x %d accumulation\n", S,
            comm->size * cfg->train.micro_batch * cfg->train.grad_accum, comm->size,
            cfg->train.micro_batch, cfg->train.grad_accum);
+  if (cfg->train.stats_every > 0) {
+    t.record = 1;
+    if (comm->rank == 0) {
+      char sp[VL_PATH_MAX + 32];
+      snprintf(sp, sizeof sp, "%s/gradstats.h5", cfg->run.out_dir);
+      mkdir(cfg->run.out_dir, 0755);
+      rc = vl_gradstats_open(&t.stats, sp, m, comm->size, t.step > 0, t.step);
+    }
+    double bad = rc;
+    int rc2 = vl_comm_allreduce_double(comm, &bad, 1, VL_COMM_MAX);
+    if (rc2 || bad) {
+      vl_gradstats_close(t.stats);
+      vl_trainer_destroy(&t);
+      if (rc) return vl_err_trace(rc, __FILE__, __LINE__, __func__);
+      VL_ERROR(VL_EHDF5, "rank 0 could not open the statistics file");
+    }
+  }
   const int every = cfg->run.checkpoint_every;
   for (int s = t.step; s < S && rc == VL_OK; s++) {
     vl_step_report r;
@@ -180,6 +234,8 @@ int vl_train_run(const vl_config *cfg, const vl_model *m, vl_comm *comm, vl_ops 
     fflush(stdout);
   }
   if (comm->rank == 0 && tty) printf("\n");
+  int crc = vl_gradstats_close(t.stats);
+  if (rc == VL_OK) rc = crc;
   vl_trainer_destroy(&t);
   if (rc) return vl_err_trace(rc, __FILE__, __LINE__, __func__);
   return VL_OK;

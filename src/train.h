@@ -17,6 +17,7 @@
 #include "graph.h"
 #include "model.h"
 #include "ops.h"
+#include "gradstats.h"
 #include "optim.h"
 
 typedef struct {
@@ -29,6 +30,8 @@ typedef struct {
   int step;            /* optimizer steps done */
   double tokens_done;  /* LLM tokens processed by all ranks */
   int skipped;         /* steps skipped for non-finite values */
+  vl_gradstats *stats; /* rank 0, when statistics are recorded */
+  int record;          /* every rank: compute statistics on stats steps */
 } vl_trainer;
 
 typedef struct {

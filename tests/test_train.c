@@ -8,6 +8,8 @@
  *  - the loss goes down;
  *  - train.freeze: a frozen vision tower stays bitwise unchanged while the
  *    LLM trains; a non-finite loss skips the step (or stops, by policy);
+ *  - gradient statistics: rows every stats_every steps, per-tensor
+ *    gradient norms whose root sum of squares is the global norm;
  *  - checkpoints: 5 steps + save + resume + 5 steps is bitwise identical to
  *    10 straight steps on the same ranks; a checkpoint written by W ranks
  *    resumes on one rank and continues like the one-rank run; truncated,
@@ -15,6 +17,8 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include <hdf5.h>
 
 #include "batch.h"
 #include "ckpt.h"
@@ -308,6 +312,60 @@ int main(int argc, char **argv) {
   }
   int f = test_failures_;
   MPI_Allreduce(MPI_IN_PLACE, &f, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
+  /* gradient statistics through vl_train_run */
+  {
+    vl_config c2 = cfg;
+    snprintf(c2.run.out_dir, sizeof c2.run.out_dir, "%s/stats", dir);
+    c2.train.steps = 6;
+    c2.train.stats_every = 2;
+    c2.run.checkpoint_every = 0;
+    int pre = 0;
+    CHECK(vl_train_run(&c2, &m, &cw, o, w0, &pre) == VL_OK && !pre, "train run: %s", vl_err_last());
+    if (rank == 0) {
+      char path[VL_PATH_MAX + 32];
+      snprintf(path, sizeof path, "%s/gradstats.h5", c2.run.out_dir);
+      hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+      CHECK(f >= 0, "open %s", path);
+      double step[8] = {0}, gn[8] = {0}, *tg = calloc((size_t)8 * m.n_params, sizeof(double));
+      double rk[32] = {0};
+      hid_t d = H5Dopen2(f, "step", H5P_DEFAULT);
+      hid_t sp = H5Dget_space(d);
+      hsize_t rows = 0;
+      H5Sget_simple_extent_dims(sp, &rows, NULL);
+      H5Sclose(sp);
+      CHECK(rows == 3, "rows %llu", (unsigned long long)rows);
+      H5Dread(d, H5T_NATIVE_DOUBLE, H5S_ALL, H5S_ALL, H5P_DEFAULT, step); H5Dclose(d);
+      d = H5Dopen2(f, "grad_norm", H5P_DEFAULT);
+      H5Dread(d, H5T_NATIVE_DOUBLE, H5S_ALL, H5S_ALL, H5P_DEFAULT, gn); H5Dclose(d);
+      d = H5Dopen2(f, "tensor_grad_norm", H5P_DEFAULT);
+      H5Dread(d, H5T_NATIVE_DOUBLE, H5S_ALL, H5S_ALL, H5P_DEFAULT, tg); H5Dclose(d);
+      d = H5Dopen2(f, "rank_grad_norm", H5P_DEFAULT);
+      H5Dread(d, H5T_NATIVE_DOUBLE, H5S_ALL, H5S_ALL, H5P_DEFAULT, rk); H5Dclose(d);
+      CHECK(step[0] == 2 && step[1] == 4 && step[2] == 6, "steps %g %g %g", step[0], step[1], step[2]);
+      for (hsize_t r = 0; r < rows && r < 8; r++) {
+        double ss = 0;
+        for (int i = 0; i < m.n_params; i++) ss += tg[r * m.n_params + i] * tg[r * m.n_params + i];
+        CHECK(fabs(sqrt(ss) - gn[r]) <= 1e-6 * gn[r], "row %llu: per-tensor norms give %.9g, global %.9g",
+              (unsigned long long)r, sqrt(ss), gn[r]);
+        for (int q = 0; q < W; q++) CHECK(rk[r * W + q] > 0, "rank %d gradient norm", q);
+      }
+      char names[2][VL_NAME_MAX];
+      hid_t st = H5Tcopy(H5T_C_S1);
+      H5Tset_size(st, VL_NAME_MAX);
+      d = H5Dopen2(f, "tensor_names", H5P_DEFAULT);
+      hsize_t two = 2, zero = 0;
+      hid_t fs = H5Dget_space(d), ms = H5Screate_simple(1, &two, NULL);
+      H5Sselect_hyperslab(fs, H5S_SELECT_SET, &zero, NULL, &two, NULL);
+      H5Dread(d, st, ms, fs, H5P_DEFAULT, names);
+      CHECK(!strcmp(names[1], m.params[1].name), "tensor_names[1] = %s", names[1]);
+      H5Sclose(ms); H5Sclose(fs); H5Dclose(d); H5Tclose(st);
+      H5Fclose(f);
+      free(tg);
+      printf("gradient statistics: %llu rows, per-tensor norms consistent with the global norm\n",
+             (unsigned long long)rows);
+    }
+  }
+
   if (rank == 0) {
     char cmd[400];
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
