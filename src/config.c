@@ -91,6 +91,8 @@ static const key_desc keys[] = {
   {"train.recompute", K_BOOL, OFF(train.recompute), 0, 1, "false", 0, NULL, 0, "recompute activations per layer"},
   {"train.optimizer", K_ENUM, OFF(train.optimizer), 0, 0, "zero1", 0, optims, 0, "zero1: fp32 master+moments sharded; lean: 12 B/param"},
   {"train.freeze", K_STRING, OFF(train.freeze), 0, 256, "\"\"", 0, NULL, 0, "comma-separated name patterns to freeze"},
+  {"train.eval_every", K_INT, OFF(train.eval_every), 0, INT_MAX, "0", 0, NULL, 0, "steps between validation losses (0: at the end)"},
+  {"train.eval_samples", K_INT, OFF(train.eval_samples), 0, 1 << 30, "16", 0, NULL, 0, "validation samples per evaluation (0: none)"},
   {"train.stats_every", K_INT, OFF(train.stats_every), 0, INT_MAX, "10", 0, NULL, 0, "steps between rows of OUT/gradstats.h5 (0: off)"},
   {"train.nonfinite", K_ENUM, OFF(train.nonfinite), 0, 0, "skip", 0, nonfinite, 0, "a NaN/Inf loss or gradient: skip the step (logged) or stop"},
   {"train.seed", K_U64, OFF(train.seed), 0, 0, "1234", 0, NULL, 0, "random seed"},

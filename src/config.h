@@ -95,6 +95,8 @@ typedef struct {
   int recompute;             /* activation recomputation per layer */
   vl_optim_mode optimizer;   /* zero1 (fp32 master + moments sharded) | lean */
   char freeze[256];          /* comma-separated name patterns, "" = none */
+  int eval_every;            /* steps between validation losses (0: at the end only) */
+  int eval_samples;          /* validation samples per evaluation */
   int stats_every;           /* steps between gradient-statistics rows (0: off) */
   vl_nonfinite_policy nonfinite; /* a NaN/Inf loss or gradient: skip the step, or stop */
   uint64_t seed;

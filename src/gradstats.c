@@ -9,17 +9,17 @@
 #include "err.h"
 
 static const char *const scalars[] = {"step", "loss", "lr", "tokens_per_s", "grad_norm",
-                                      "clip_coef", "skipped", "nonfinite_ranks", "noise_scale",
-                                      "val_loss"};
-enum { N_SCALARS = 10, FLUSH_EVERY = 4 };
+                                      "clip_coef", "skipped", "nonfinite_ranks", "noise_scale"};
+enum { N_SCALARS = 9, FLUSH_EVERY = 4 };
 
 struct vl_gradstats {
   hid_t file;
   hid_t scalar[N_SCALARS];
   hid_t tensor[3];  /* grad norm, param norm, update ratio */
   hid_t rank;
+  hid_t eval_step, eval_loss;
   int n_params, world;
-  hsize_t rows;
+  hsize_t rows, eval_rows;
   int since_flush;
 };
 
@@ -75,7 +75,9 @@ int vl_gradstats_open(vl_gradstats **out, const char *path, const vl_model *m, i
     for (int k = 0; k < N_SCALARS; k++) gs->scalar[k] = H5Dopen2(gs->file, scalars[k], H5P_DEFAULT);
     for (int k = 0; k < 3; k++) gs->tensor[k] = H5Dopen2(gs->file, tensor_sets[k], H5P_DEFAULT);
     gs->rank = H5Dopen2(gs->file, "rank_grad_norm", H5P_DEFAULT);
-    int ok = gs->rank >= 0;
+    gs->eval_step = H5Dopen2(gs->file, "eval_step", H5P_DEFAULT);
+    gs->eval_loss = H5Dopen2(gs->file, "eval_loss", H5P_DEFAULT);
+    int ok = gs->rank >= 0 && gs->eval_step >= 0 && gs->eval_loss >= 0;
     for (int k = 0; k < N_SCALARS; k++) ok &= gs->scalar[k] >= 0;
     for (int k = 0; k < 3; k++) ok &= gs->tensor[k] >= 0;
     hsize_t n = 0, rdims[2] = {0, 0};
@@ -101,6 +103,20 @@ int vl_gradstats_open(vl_gradstats **out, const char *path, const vl_model *m, i
     for (int k = 0; k < N_SCALARS; k++) { hsize_t d = keep; H5Dset_extent(gs->scalar[k], &d); }
     for (int k = 0; k < 3; k++) { hsize_t d[2] = {keep, (hsize_t)m->n_params}; H5Dset_extent(gs->tensor[k], d); }
     { hsize_t d[2] = {keep, (hsize_t)world}; H5Dset_extent(gs->rank, d); }
+    { /* evaluations after the resumed step go too */
+      hsize_t ne = 0;
+      hid_t es = H5Dget_space(gs->eval_step);
+      H5Sget_simple_extent_dims(es, &ne, NULL);
+      H5Sclose(es);
+      double *ev = malloc((ne + 1) * sizeof(double));
+      if (ne && ev) H5Dread(gs->eval_step, H5T_NATIVE_DOUBLE, H5S_ALL, H5S_ALL, H5P_DEFAULT, ev);
+      hsize_t ke = 0;
+      while (ev && ke < ne && ev[ke] <= last_step) ke++;
+      free(ev);
+      H5Dset_extent(gs->eval_step, &ke);
+      H5Dset_extent(gs->eval_loss, &ke);
+      gs->eval_rows = ke;
+    }
     if (rc) { vl_gradstats_close(gs); VL_ERROR(VL_EHDF5, "%s: cannot read the recorded steps", path); }
     *out = gs;
     return VL_OK;
@@ -110,6 +126,8 @@ int vl_gradstats_open(vl_gradstats **out, const char *path, const vl_model *m, i
   for (int k = 0; k < N_SCALARS; k++) gs->scalar[k] = make_set(gs->file, scalars[k], 0);
   for (int k = 0; k < 3; k++) gs->tensor[k] = make_set(gs->file, tensor_sets[k], m->n_params);
   gs->rank = make_set(gs->file, "rank_grad_norm", world);
+  gs->eval_step = make_set(gs->file, "eval_step", 0);
+  gs->eval_loss = make_set(gs->file, "eval_loss", 0);
   /* names of the tensor columns */
   hid_t st = H5Tcopy(H5T_C_S1);
   H5Tset_size(st, VL_NAME_MAX);
@@ -136,8 +154,7 @@ int vl_gradstats_open(vl_gradstats **out, const char *path, const vl_model *m, i
 
 int vl_gradstats_append(vl_gradstats *gs, const vl_gradstats_row *r) {
   const double v[N_SCALARS] = {r->step, r->loss, r->lr, r->tokens_per_s, r->grad_norm,
-                               r->clip_coef, r->skipped, r->nonfinite_ranks, r->noise_scale,
-                               r->val_loss};
+                               r->clip_coef, r->skipped, r->nonfinite_ranks, r->noise_scale};
   for (int k = 0; k < N_SCALARS; k++) VL_CALL(append_row(gs->scalar[k], gs->rows, 0, &v[k]));
   const double *t[3] = {r->tensor_grad_norm, r->tensor_param_norm, r->tensor_update_ratio};
   double *nan_row = NULL;
@@ -161,8 +178,19 @@ int vl_gradstats_append(vl_gradstats *gs, const vl_gradstats_row *r) {
   return VL_OK;
 }
 
+int vl_gradstats_eval(vl_gradstats *gs, int step, double loss) {
+  double st = step;
+  VL_CALL(append_row(gs->eval_step, gs->eval_rows, 0, &st));
+  VL_CALL(append_row(gs->eval_loss, gs->eval_rows, 0, &loss));
+  gs->eval_rows++;
+  if (H5Fflush(gs->file, H5F_SCOPE_GLOBAL) < 0) VL_ERROR(VL_EHDF5, "statistics flush failed");
+  return VL_OK;
+}
+
 int vl_gradstats_close(vl_gradstats *gs) {
   if (!gs) return VL_OK;
+  if (gs->eval_step > 0) H5Dclose(gs->eval_step);
+  if (gs->eval_loss > 0) H5Dclose(gs->eval_loss);
   for (int k = 0; k < N_SCALARS; k++) if (gs->scalar[k] > 0) H5Dclose(gs->scalar[k]);
   for (int k = 0; k < 3; k++) if (gs->tensor[k] > 0) H5Dclose(gs->tensor[k]);
   if (gs->rank > 0) H5Dclose(gs->rank);

@@ -6,9 +6,10 @@
  *   step, loss, lr, tokens_per_s, grad_norm, clip_coef, skipped,
  *   nonfinite_ranks, noise_scale (B_simple of McCandlish et al. 2018 from
  *   per-rank vs global gradient norms, in tokens; NaN with one rank),
- *   val_loss (NaN where not evaluated)                         (rows)
+ *                                                              (rows)
  *   tensor_grad_norm, tensor_param_norm, tensor_update_ratio   (rows, tensors)
  *   rank_grad_norm                                             (rows, ranks)
+ *   eval_step, eval_loss: validation loss at each evaluation   (evaluations)
  *   tensor_names (tensors) strings; attribute world_size.
  */
 #ifndef VL_GRADSTATS_H
@@ -20,7 +21,7 @@ typedef struct vl_gradstats vl_gradstats;
 
 typedef struct {
   int step;
-  double loss, lr, tokens_per_s, grad_norm, clip_coef, noise_scale, val_loss;
+  double loss, lr, tokens_per_s, grad_norm, clip_coef, noise_scale;
   int skipped, nonfinite_ranks;
   const double *tensor_grad_norm, *tensor_param_norm, *tensor_update_ratio; /* [n_params] */
   const double *rank_grad_norm;                                             /* [world] */
@@ -30,6 +31,8 @@ typedef struct {
 int vl_gradstats_open(vl_gradstats **out, const char *path, const vl_model *m, int world,
                       int append, int last_step);
 int vl_gradstats_append(vl_gradstats *gs, const vl_gradstats_row *row);
+/* Records a validation loss. */
+int vl_gradstats_eval(vl_gradstats *gs, int step, double loss);
 int vl_gradstats_close(vl_gradstats *gs);
 
 /* B_simple from the squared norms of the per-rank mean gradients (mean over

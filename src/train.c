@@ -137,12 +137,45 @@ int vl_trainer_step(vl_trainer *t, vl_step_report *r) {
     }
     vl_gradstats_row row = {t->step, r->loss, r->lr, r->tokens / r->seconds, r->grad_norm,
                             st.clip_coef, vl_noise_scale(small_sq, b_small, r->grad_norm * r->grad_norm, counts[0]),
-                            NAN, st.skipped, st.nonfinite_ranks, st.tensor_grad_norm,
+                            st.skipped, st.nonfinite_ranks, st.tensor_grad_norm,
                             st.tensor_param_norm, st.tensor_update_ratio, st.rank_grad_norm};
     int grc = vl_gradstats_append(t->stats, &row);
     if (grc) { free(tg); return vl_err_trace(grc, __FILE__, __LINE__, __func__); }
   }
   free(tg);
+  return VL_OK;
+}
+
+/* held-out samples live far from the training indices */
+#define VL_EVAL_INDEX_BASE ((uint64_t)1 << 48)
+
+int vl_trainer_eval(vl_trainer *t, int n, double *loss) {
+  const vl_train_config *tc = &t->cfg->train;
+  double acc[2] = {0, 0}; /* loss sum, supervised tokens */
+  int rc = VL_OK;
+  for (int i = t->comm->rank; i < n && rc == VL_OK; i += t->comm->size) {
+    vl_synth s;
+    memset(&s, 0, sizeof s);
+    vl_batch b;
+    memset(&b, 0, sizeof b);
+    double l = 0;
+    rc = vl_synth_sample(&s, &t->cfg->model, tc->seed, VL_EVAL_INDEX_BASE + (uint64_t)i,
+                         tc->max_seq_len, tc->max_vision_patches);
+    if (rc == VL_OK) rc = vl_batch_build(&b, &t->cfg->model, &s.sample, 1);
+    if (rc == VL_OK) rc = vl_graph_set_batch(&t->g, &b);
+    if (rc == VL_OK) rc = vl_graph_forward(&t->g, 0.0f, &l);
+    acc[0] += l;
+    acc[1] += b.n_targets;
+    vl_batch_free(&b);
+    vl_synth_free(&s);
+  }
+  /* every rank joins the reduction even after a local failure */
+  double bad = rc != VL_OK;
+  double all[3] = {acc[0], acc[1], bad};
+  VL_CALL(vl_comm_allreduce_double(t->comm, all, 3, VL_COMM_SUM));
+  if (rc) return vl_err_trace(rc, __FILE__, __LINE__, __func__);
+  if (all[2] > 0) VL_ERROR(VL_EINVAL, "evaluation failed on another rank");
+  *loss = all[1] > 0 ? all[0] / all[1] : NAN;
   return VL_OK;
 }
 
@@ -219,6 +252,15 @@ int vl_train_run(const vl_config *cfg, const vl_model *m, vl_comm *comm, vl_ops 
       printf("%sstopping at step %d on signal %d: checkpoint written, exit %d (requeue to continue)\n",
              tty ? "\n" : "", r.step, (int)stop, VL_EXIT_PREEMPTED);
     if (*preempted) break;
+    const int ev = cfg->train.eval_every;
+    if (rc == VL_OK && cfg->train.eval_samples > 0 && ((ev > 0 && r.step % ev == 0) || r.step == S)) {
+      double vl = 0;
+      rc = vl_trainer_eval(&t, cfg->train.eval_samples, &vl);
+      if (rc == VL_OK && t.stats) rc = vl_gradstats_eval(t.stats, r.step, vl);
+      if (rc == VL_OK && comm->rank == 0)
+        printf("%seval step %d: validation loss %.4f over %d samples\n", tty ? "\n" : "", r.step, vl,
+               cfg->train.eval_samples);
+    }
     if (rc || comm->rank != 0) continue;
     double elapsed = now() - start, eta = elapsed / r.step * (S - r.step);
     char e1[32], e2[32];

@@ -48,6 +48,9 @@ int vl_trainer_create(vl_trainer *t, const vl_config *cfg, const vl_model *m, vl
 int vl_trainer_step(vl_trainer *t, vl_step_report *r);
 /* Continues from a checkpoint (any writer world size). */
 int vl_trainer_resume(vl_trainer *t, const char *path);
+/* Validation loss: mean over the supervised tokens of n held-out samples
+ * (indices disjoint from training), split across ranks; forward only. */
+int vl_trainer_eval(vl_trainer *t, int n, double *loss);
 /* Working weights to the host (n_elements floats). */
 int vl_trainer_params(vl_trainer *t, float *host);
 void vl_trainer_destroy(vl_trainer *t);

@@ -321,6 +321,20 @@ int main(int argc, char **argv) {
     c2.run.checkpoint_every = 0;
     int pre = 0;
     CHECK(vl_train_run(&c2, &m, &cw, o, w0, &pre) == VL_OK && !pre, "train run: %s", vl_err_last());
+    /* validation loss of the initial weights, split over W ranks and on one */
+    double l0 = 0, l1 = 0;
+    vl_trainer_create(&tr, &cfg, &m, &cw, o, w0);
+    CHECK(vl_trainer_eval(&tr, 16, &l0) == VL_OK, "eval: %s", vl_err_last());
+    vl_trainer_destroy(&tr);
+    if (rank == 0) {
+      vl_comm one;
+      vl_comm_init_on(&one, MPI_COMM_SELF, on_gpu ? VL_BACKEND_CUDA : VL_BACKEND_CPU, 0, 60);
+      vl_trainer_create(&tr, &cfg, &m, &one, o, w0);
+      vl_trainer_eval(&tr, 16, &l1);
+      vl_trainer_destroy(&tr);
+      vl_comm_free(&one);
+      CHECK(fabs(l0 - l1) <= 1e-6 * l1, "validation loss on %d ranks %.9g, on one %.9g", W, l0, l1);
+    }
     if (rank == 0) {
       char path[VL_PATH_MAX + 32];
       snprintf(path, sizeof path, "%s/gradstats.h5", c2.run.out_dir);
@@ -359,6 +373,13 @@ int main(int argc, char **argv) {
       H5Dread(d, st, ms, fs, H5P_DEFAULT, names);
       CHECK(!strcmp(names[1], m.params[1].name), "tensor_names[1] = %s", names[1]);
       H5Sclose(ms); H5Sclose(fs); H5Dclose(d); H5Tclose(st);
+      double es = 0, el = 0;
+      d = H5Dopen2(f, "eval_step", H5P_DEFAULT);
+      H5Dread(d, H5T_NATIVE_DOUBLE, H5S_ALL, H5S_ALL, H5P_DEFAULT, &es); H5Dclose(d);
+      d = H5Dopen2(f, "eval_loss", H5P_DEFAULT);
+      H5Dread(d, H5T_NATIVE_DOUBLE, H5S_ALL, H5S_ALL, H5P_DEFAULT, &el); H5Dclose(d);
+      CHECK(es == 6 && el < l0, "validation loss at step %g: %.4f, initial %.4f", es, el, l0);
+      printf("validation loss: %.4f at start, %.4f after 6 steps\n", l0, el);
       H5Fclose(f);
       free(tg);
       printf("gradient statistics: %llu rows, per-tensor norms consistent with the global norm\n",
