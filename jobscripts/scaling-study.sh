@@ -1,0 +1,71 @@
+#!/bin/bash
+# scaling-study.sh: the same experiment over a list of rank counts.
+#   scaling-study.sh --config CFG.yaml --ranks "1 2 4 8" [--mode strong|weak|both]
+#                    [--global-batch 16] [--accum 8] [--steps 6] [--out DIR]
+#                    [--launcher "mpirun -np"] (or "srun -n")
+# strong scaling: global batch fixed, accumulation = global / (ranks x micro);
+# weak scaling: accumulation per rank fixed (--accum).  Each run's step lines
+# give tokens/s and seconds per step (median over the steps after the first);
+# DIR/results.csv gets one row per run with the efficiency against the
+# smallest run (tokens/s per rank relative to it), and DIR/scaling.png a plot
+# when gnuplot is installed.
+set -uo pipefail
+cfg="" ranks="1 2" mode=both gb=16 accum=8 steps=6 out=scaling launcher=${LAUNCHER:-"mpirun -np"}
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --config) cfg=$2; shift 2 ;; --ranks) ranks=$2; shift 2 ;; --mode) mode=$2; shift 2 ;;
+    --global-batch) gb=$2; shift 2 ;; --accum) accum=$2; shift 2 ;; --steps) steps=$2; shift 2 ;;
+    --out) out=$2; shift 2 ;; --launcher) launcher=$2; shift 2 ;;
+    *) echo "unknown option $1" >&2; exit 2 ;;
+  esac
+done
+[ -n "$cfg" ] || { echo "usage: scaling-study.sh --config CFG.yaml --ranks \"1 2 4\"" >&2; exit 2; }
+top=$(cd "$(dirname "$0")/.." && pwd)
+vltrain=${VLTRAIN:-$top/build/src/vltrain}
+cfg=$(cd "$(dirname "$cfg")" && pwd)/$(basename "$cfg")
+mkdir -p "$out"
+csv="$out/results.csv"
+echo "mode,ranks,micro_batch,grad_accum,global_batch,tokens_per_s,s_per_step,tokens_per_s_per_rank,efficiency" > "$csv"
+modes=$mode; [ "$mode" = both ] && modes="strong weak"
+for m in $modes; do
+  base=""
+  for w in $ranks; do
+    if [ "$m" = strong ]; then a=$((gb / w)); [ $((a * w)) -eq "$gb" ] || { echo "skip: $gb not divisible by $w"; continue; }
+    else a=$accum; fi
+    run="$out/$m-$w"
+    mkdir -p "$run"
+    cat > "$run/run.yaml" <<EOY
+include: $cfg
+train: {micro_batch: 1, grad_accum: $a, steps: $steps, stats_every: 0, eval_samples: 0}
+run: {out_dir: $run/out, resume: false, checkpoint_every: 1000000}
+EOY
+    echo "== $m scaling: $w rank(s), accumulation $a"
+    VL_PROGRESS_BAR=0 $launcher "$w" "$vltrain" "$run/run.yaml" > "$run/log" 2>&1 \
+      || { echo "run failed: $run/log"; tail -5 "$run/log"; exit 1; }
+    rm -rf "$run/out/ckpt"
+    # median over steps 2..N of tok/s and s/step
+    read -r tps sps < <(grep -E '^step [0-9]+/' "$run/log" | tail -n +2 |
+      sed -E 's/.* ([0-9.]+) tok\/s +([0-9.]+) s\/step.*/\1 \2/' | sort -n |
+      awk '{t[NR]=$1; s[NR]=$2} END {m=int((NR+1)/2); if (NR==0) print "0 0"; else print t[m], s[m]}')
+    per=$(awk -v t="$tps" -v w="$w" 'BEGIN {printf "%.1f", t / w}')
+    [ -z "$base" ] && base=$per
+    eff=$(awk -v p="$per" -v b="$base" 'BEGIN {printf "%.3f", (b > 0) ? p / b : 0}')
+    echo "$m,$w,1,$a,$((w * a)),$tps,$sps,$per,$eff" | tee -a "$csv"
+  done
+done
+if command -v gnuplot >/dev/null 2>&1; then
+  gnuplot <<EOG
+set terminal png size 900,500
+set output "$out/scaling.png"
+set datafile separator ","
+set title "vltrain scaling (tokens/s per rank relative to the smallest run)"
+set xlabel "ranks"; set ylabel "efficiency"; set yrange [0:1.2]; set key bottom left
+set logscale x 2
+plot "< grep '^strong' $csv" using 2:9 with linespoints title "strong", \
+     "< grep '^weak' $csv" using 2:9 with linespoints title "weak"
+EOG
+  echo "plot: $out/scaling.png"
+else
+  echo "gnuplot not installed: no plot (apt-get install gnuplot-nox)"
+fi
+echo "results: $csv"

@@ -1,0 +1,30 @@
+#!/bin/sh
+# The scaling-study driver over 1 and 2 ranks on the CPU: strong and weak
+# runs complete and results.csv has a row per run with an efficiency.
+[ -n "${MPIRUN:-}" ] && command -v "$MPIRUN" >/dev/null 2>&1 || exit 77
+if [ "$(id -u)" = 0 ]; then export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1; fi
+export OMPI_MCA_rmaps_base_oversubscribe=1 OMP_NUM_THREADS=1
+dir=$(mktemp -d /tmp/vl_scaling_XXXXXX)
+trap 'rm -rf "$dir"' EXIT
+cat > "$dir/micro.yaml" <<EOY
+model:
+  family: qwen3-vl
+  text: {vocab_size: 96, hidden_size: 16, intermediate_size: 24, num_hidden_layers: 2,
+         num_attention_heads: 2, num_key_value_heads: 1, head_dim: 8, rope_theta: 10000,
+         mrope_section: [2, 1, 1]}
+  vision: {depth: 1, hidden_size: 16, intermediate_size: 24, num_heads: 2, patch_size: 2,
+           spatial_merge_size: 2, out_hidden_size: 16, num_position_embeddings: 16}
+  tokens: {image_token_id: 92, video_token_id: 93, vision_start_token_id: 90, vision_end_token_id: 91}
+train: {max_seq_len: 96, max_vision_patches: 64}
+run: {backend: cpu}
+EOY
+VLTRAIN="$VL_BUILDDIR/src/vltrain" LAUNCHER="$MPIRUN --oversubscribe -np" \
+  "$VL_SRCDIR/jobscripts/scaling-study.sh" --config "$dir/micro.yaml" --ranks "1 2" --mode both \
+  --global-batch 4 --accum 2 --steps 4 --out "$dir/study" || { echo "FAIL: driver"; exit 1; }
+cat "$dir/study/results.csv"
+rows=$(grep -cE '^(strong|weak),[12],' "$dir/study/results.csv")
+[ "$rows" -eq 4 ] || { echo "FAIL: $rows rows, expected 4"; exit 1; }
+grep -q '^strong,1,1,4,4,' "$dir/study/results.csv" || { echo "FAIL: strong 1-rank row"; exit 1; }
+grep -q '^weak,2,1,2,4,' "$dir/study/results.csv" || { echo "FAIL: weak 2-rank row"; exit 1; }
+awk -F, 'NR > 1 && !($6 > 0 && $9 > 0) {exit 1}' "$dir/study/results.csv" || { echo "FAIL: empty figures"; exit 1; }
+echo "scaling driver ok"
