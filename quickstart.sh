@@ -8,7 +8,7 @@ top=$(cd "$(dirname "$0")" && pwd)
 what=${1:-run}
 pkgs="autoconf automake libtool pkg-config make gcc libopenmpi-dev openmpi-bin
       libhdf5-openmpi-dev libyaml-dev libcjson-dev
-      libpcre2-dev libutf8proc-dev"
+      libpcre2-dev libutf8proc-dev libpng-dev libjpeg62-turbo-dev"
 if command -v dpkg >/dev/null && ! dpkg -s $pkgs >/dev/null 2>&1; then
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
   echo "quickstart: installing $pkgs" | tr -s ' \n' ' '; echo
