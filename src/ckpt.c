@@ -290,19 +290,16 @@ int vl_ckpt_load(const char *path, vl_optim *o, vl_t *params) {
   VL_CALL_GOTO(rc, done, ops->put_raw(ops, o->mom1, h[1], o->shard * sizeof(float)));
   VL_CALL_GOTO(rc, done, ops->put_raw(ops, o->mom2, h[2], o->shard * sizeof(float)));
   o->step = (int)step;
-  /* working weights: my shard from the masters, then all-gathered */
+  /* working weights: my shard from the masters, then all-gathered in place */
   {
     const size_t el = ops->elem_size;
-    VL_CALL_GOTO(rc, done, ops->put(ops, o->grad_full, h[0], o->shard));
+    size_t mine = o->begin < o->n ? (o->n - o->begin < o->shard ? o->n - o->begin : o->shard) : 0;
+    if (mine) VL_CALL_GOTO(rc, done, ops->put(ops, (char *)params + o->begin * el, h[0], mine));
     if (o->comm->size > 1) {
-      VL_CALL_GOTO(rc, done, vl_comm_allgather(o->comm, el == 2 ? VL_COMM_BF16 : VL_COMM_F32,
-                                               o->grad_full, o->param_full, o->shard));
+      VL_CALL_GOTO(rc, done, vl_comm_allgather_inplace(o->comm, el == 2 ? VL_COMM_BF16 : VL_COMM_F32,
+                                                       params, o->shard));
       VL_CALL_GOTO(rc, done, vl_comm_sync(o->comm));
-      VL_CALL_GOTO(rc, done, ops->copy(ops, params, o->param_full, o->n * el));
-    } else {
-      VL_CALL_GOTO(rc, done, ops->copy(ops, params, o->grad_full, o->n * el));
     }
-    VL_CALL_GOTO(rc, done, ops->zero(ops, o->grad_full, o->padded * el));
     VL_CALL_GOTO(rc, done, ops->sync(ops));
   }
 done:

@@ -288,6 +288,47 @@ int vl_comm_allgather(vl_comm *c, vl_comm_dtype dt, const void *send, void *recv
   return VL_OK;
 }
 
+int vl_comm_reduce_scatter_inplace(vl_comm *c, vl_comm_dtype dt, void *buf, size_t n) {
+  const size_t el = dt == VL_COMM_F32 ? 4 : 2;
+  char *mine = (char *)buf + (size_t)c->rank * n * el;
+#ifdef VL_HAVE_CUDA
+  if (c->backend == VL_BACKEND_CUDA && c->nccl) {
+    NCCL_CHECK(ncclReduceScatter(buf, mine, n, dt == VL_COMM_F32 ? ncclFloat32 : ncclBfloat16,
+                                 ncclSum, (ncclComm_t)c->nccl, (cudaStream_t)c->stream));
+    return VL_OK;
+  }
+  if (c->backend == VL_BACKEND_CUDA) { /* shared GPUs: through host memory */
+    VL_CALL(staged_collective(c, dt, buf, mine, n, 0));
+    return VL_OK;
+  }
+#endif
+  if (dt != VL_COMM_F32) VL_ERROR(VL_ENOTSUP, "bf16 collectives need the CUDA backend");
+  if (n > INT_MAX) VL_ERROR(VL_EINVAL, "reduce-scatter of %zu elements per rank exceeds MPI's int count", n);
+  MPI_CHECK(MPI_Reduce_scatter_block(MPI_IN_PLACE, buf, (int)n, MPI_FLOAT, MPI_SUM, c->world));
+  if (c->rank) memmove(mine, buf, n * el); /* MPI leaves the result at the front */
+  return VL_OK;
+}
+
+int vl_comm_allgather_inplace(vl_comm *c, vl_comm_dtype dt, void *buf, size_t n) {
+#ifdef VL_HAVE_CUDA
+  const size_t el = dt == VL_COMM_F32 ? 4 : 2;
+  char *mine = (char *)buf + (size_t)c->rank * n * el;
+  if (c->backend == VL_BACKEND_CUDA && c->nccl) {
+    NCCL_CHECK(ncclAllGather(mine, buf, n, dt == VL_COMM_F32 ? ncclFloat32 : ncclBfloat16,
+                             (ncclComm_t)c->nccl, (cudaStream_t)c->stream));
+    return VL_OK;
+  }
+  if (c->backend == VL_BACKEND_CUDA) {
+    VL_CALL(staged_collective(c, dt, mine, buf, n, 1));
+    return VL_OK;
+  }
+#endif
+  if (dt != VL_COMM_F32) VL_ERROR(VL_ENOTSUP, "bf16 collectives need the CUDA backend");
+  if (n > INT_MAX) VL_ERROR(VL_EINVAL, "all-gather of %zu elements per rank exceeds MPI's int count", n);
+  MPI_CHECK(MPI_Allgather(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, buf, (int)n, MPI_FLOAT, c->world));
+  return VL_OK;
+}
+
 int vl_comm_sync(vl_comm *c) {
 #ifdef VL_HAVE_CUDA
   if (c->backend != VL_BACKEND_CUDA || !c->nccl) return VL_OK;

@@ -155,15 +155,23 @@ size_t vl_graph_activation_bytes(const vl_model *m, int max_T, int max_P, size_t
 
 int vl_graph_create(vl_graph *g, const vl_model *m, vl_ops *ops, int max_T, int max_P,
                     int want_logits) {
+  return vl_graph_create_padded(g, m, ops, max_T, max_P, want_logits, m->n_elements);
+}
+
+int vl_graph_create_padded(vl_graph *g, const vl_model *m, vl_ops *ops, int max_T, int max_P,
+                           int want_logits, size_t n_alloc) {
   memset(g, 0, sizeof *g);
+  if (n_alloc < m->n_elements) n_alloc = m->n_elements;
+  g->n_alloc = n_alloc;
   g->m = m;
   g->ops = ops;
   g->max_T = max_T;
   g->max_P = max_P;
   VL_CALL(alloc_tables(g));
-  size_t pbytes = m->n_elements * ops->elem_size;
+  size_t pbytes = n_alloc * ops->elem_size;
   VL_CALL(ops->alloc(ops, (void **)&g->params, pbytes, "parameters"));
   VL_CALL(ops->alloc(ops, (void **)&g->grads, pbytes, "gradients"));
+  VL_CALL(ops->zero(ops, g->params, pbytes));
   VL_CALL(ops->zero(ops, g->grads, pbytes));
   sizer s = {g, ops->elem_size, 0};
   VL_CALL(size_or_alloc(&s, want_logits));

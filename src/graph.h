@@ -42,6 +42,7 @@ typedef struct {
   vl_ops *ops;
   vl_t *params;            /* (n_elements) working weights */
   vl_t *grads;             /* (n_elements) accumulated gradients */
+  size_t n_alloc;          /* elements allocated for params and grads (>= n_elements) */
   int max_T, max_P;
 
   /* ---- current batch (sizes and indices in backend memory) ---- */
@@ -75,6 +76,10 @@ typedef struct {
 /* Allocates parameters, gradients and activations on the backend. */
 int vl_graph_create(vl_graph *g, const vl_model *m, vl_ops *ops, int max_T, int max_P,
                     int want_logits);
+/* The same with the parameter and gradient blocks padded (zeroed) to n_alloc
+ * elements, so that ZeRO-1 collectives work in place on equal shards. */
+int vl_graph_create_padded(vl_graph *g, const vl_model *m, vl_ops *ops, int max_T, int max_P,
+                           int want_logits, size_t n_alloc);
 void vl_graph_destroy(vl_graph *g);
 
 /* Uploads the batch's inputs and indices (batch sizes <= max_T, max_P). */

@@ -24,24 +24,25 @@ double vl_optim_lr(const vl_train_config *t, int step) {
   }
 }
 
+size_t vl_optim_padded_size(size_t n, int world) {
+  const size_t W = (size_t)world;
+  return (n + W - 1) / W * W;
+}
+
 int vl_optim_create(vl_optim *o, const vl_model *m, vl_ops *ops, vl_comm *comm,
                     const vl_train_config *cfg, const float *host_params) {
   memset(o, 0, sizeof *o);
   o->m = m; o->ops = ops; o->comm = comm; o->cfg = *cfg;
   const size_t W = (size_t)comm->size;
   o->n = m->n_elements;
-  o->shard = (o->n + W - 1) / W;
-  o->padded = o->shard * W;
+  o->padded = vl_optim_padded_size(o->n, comm->size);
+  o->shard = o->padded / W;
   o->begin = o->shard * (size_t)comm->rank;
-  const size_t el = ops->elem_size;
   VL_CALL(ops->alloc(ops, (void **)&o->master, o->shard * sizeof(float), "fp32 master shard"));
   VL_CALL(ops->alloc(ops, (void **)&o->mom1, o->shard * sizeof(float), "AdamW m shard"));
   VL_CALL(ops->alloc(ops, (void **)&o->mom2, o->shard * sizeof(float), "AdamW v shard"));
-  VL_CALL(ops->alloc(ops, (void **)&o->grad_full, o->padded * el, "padded gradients"));
-  VL_CALL(ops->alloc(ops, (void **)&o->param_full, o->padded * el, "padded parameters"));
   VL_CALL(ops->zero(ops, o->mom1, o->shard * sizeof(float)));
   VL_CALL(ops->zero(ops, o->mom2, o->shard * sizeof(float)));
-  VL_CALL(ops->zero(ops, o->grad_full, o->padded * el));
   VL_CALL(ops->zero(ops, o->master, o->shard * sizeof(float)));
   size_t mine = o->begin < o->n ? (o->n - o->begin < o->shard ? o->n - o->begin : o->shard) : 0;
   if (mine) VL_CALL(ops->put_raw(ops, o->master, host_params + o->begin, mine * sizeof(float)));
@@ -50,8 +51,8 @@ int vl_optim_create(vl_optim *o, const vl_model *m, vl_ops *ops, vl_comm *comm,
 
 void vl_optim_destroy(vl_optim *o) {
   if (!o->ops) return;
-  void *p[] = {o->master, o->mom1, o->mom2, o->grad_full, o->param_full};
-  for (int i = 0; i < 5; i++)
+  void *p[] = {o->master, o->mom1, o->mom2};
+  for (int i = 0; i < 3; i++)
     if (p[i]) o->ops->free(o->ops, p[i]);
   memset(o, 0, sizeof *o);
 }
@@ -60,6 +61,9 @@ int vl_optim_step(vl_optim *o, vl_graph *g, int force_skip, vl_optim_stats *st) 
   vl_ops *ops = o->ops;
   const size_t el = ops->elem_size;
   const vl_comm_dtype dt = el == 2 ? VL_COMM_BF16 : VL_COMM_F32;
+  if (g->n_alloc < o->padded)
+    VL_ERROR(VL_EINVAL, "the graph's parameter block holds %zu elements, ZeRO-1 needs %zu "
+             "(create it with vl_graph_create_padded)", g->n_alloc, o->padded);
   double *want_t[3] = {st->tensor_grad_norm, st->tensor_param_norm, st->tensor_update_ratio};
   double *want_r = st->rank_grad_norm;
   const int np = o->m->n_params, detail = want_t[0] || want_t[1] || want_t[2] || want_r;
@@ -72,15 +76,14 @@ int vl_optim_step(vl_optim *o, vl_graph *g, int force_skip, vl_optim_stats *st) 
     if (want_r) VL_CALL(vl_comm_allreduce_double(o->comm, want_r, o->comm->size, VL_COMM_SUM));
     for (int r = 0; r < o->comm->size && want_r; r++) want_r[r] = sqrt(want_r[r]);
   }
-  /* gradients: sum over ranks, each rank receiving its shard */
-  VL_CALL(ops->copy(ops, o->grad_full, g->grads, o->n * el));
+  /* gradients: summed over ranks, in place, each rank keeping its shard */
   VL_CALL(ops->sync(ops));
-  vl_t *grad_shard = (char *)o->grad_full + o->begin * el; /* in place: recv is my block */
   if (o->comm->size > 1) {
-    VL_CALL(vl_comm_reduce_scatter(o->comm, dt, o->grad_full, o->param_full, o->shard));
+    VL_CALL(vl_comm_reduce_scatter_inplace(o->comm, dt, g->grads, o->shard));
     VL_CALL(vl_comm_sync(o->comm));
-    grad_shard = o->param_full; /* reduce-scatter output lands at the start */
   }
+  vl_t *grad_shard = (char *)g->grads + o->begin * el;
+  vl_t *out_shard = (char *)g->params + o->begin * el;
   /* global norm from the shards */
   double ss = 0;
   size_t mine = o->begin < o->n ? (o->n - o->begin < o->shard ? o->n - o->begin : o->shard) : 0;
@@ -104,7 +107,7 @@ int vl_optim_step(vl_optim *o, vl_graph *g, int force_skip, vl_optim_stats *st) 
     if (o->cfg.nonfinite == VL_NONFINITE_STOP)
       VL_ERROR(VL_EINVAL, "step %d: the %s is not finite (train.nonfinite: stop)", o->step + 1,
                force_skip ? "loss" : "gradient norm");
-    VL_CALL(ops->zero(ops, g->grads, o->n * el));
+    VL_CALL(ops->zero(ops, g->grads, g->n_alloc * el));
     VL_CALL(ops->sync(ops));
     st->skipped = 1;
     st->lr = vl_optim_lr(&o->cfg, o->step);
@@ -112,64 +115,59 @@ int vl_optim_step(vl_optim *o, vl_graph *g, int force_skip, vl_optim_stats *st) 
   }
   const double lr = vl_optim_lr(&o->cfg, o->step);
   o->step++;
-  /* AdamW on my shard, one call per parameter piece (decay per parameter) */
-  vl_t *out_shard = (char *)o->param_full + o->begin * el;
-  if (o->comm->size > 1) {
-    /* param_full's front held the reduced shard: keep it apart from the output */
-    VL_CALL(ops->copy(ops, (char *)o->grad_full + o->begin * el, o->param_full, mine * el));
-    grad_shard = (char *)o->grad_full + o->begin * el;
+  /* statistics need the weights before the update: a shard copy on those steps */
+  vl_t *old = NULL;
+  if (detail && mine) {
+    VL_CALL(ops->alloc(ops, (void **)&old, mine * el, "statistics: weights before the update"));
+    VL_CALL(ops->copy(ops, old, out_shard, mine * el));
   }
-  /* frozen parameters keep their weights: start the output from the current ones */
-  if (mine) VL_CALL(ops->copy(ops, out_shard, (char *)g->params + o->begin * el, mine * el));
-  for (int i = 0; i < o->m->n_params && mine; i++) {
+  /* AdamW on my shard, one call per parameter piece (decay per parameter);
+   * frozen parameters are left as they are */
+  int rc = VL_OK;
+  for (int i = 0; i < np && mine && rc == VL_OK; i++) {
     const vl_param *p = &o->m->params[i];
     size_t a = p->offset > o->begin ? p->offset : o->begin;
     size_t b = p->offset + p->numel < o->begin + mine ? p->offset + p->numel : o->begin + mine;
     if (a >= b || p->frozen) continue;
     size_t off = a - o->begin;
     float wd = p->no_decay ? 0.0f : (float)o->cfg.weight_decay;
-    VL_CALL(ops->adamw(ops, o->master + off, o->mom1 + off, o->mom2 + off,
-                       (char *)grad_shard + off * el, (char *)out_shard + off * el, b - a,
-                       (float)lr, (float)o->cfg.adam_beta1, (float)o->cfg.adam_beta2,
-                       (float)o->cfg.adam_eps, wd, (float)coef, o->step));
+    rc = ops->adamw(ops, o->master + off, o->mom1 + off, o->mom2 + off,
+                    (char *)grad_shard + off * el, (char *)out_shard + off * el, b - a,
+                    (float)lr, (float)o->cfg.adam_beta1, (float)o->cfg.adam_beta2,
+                    (float)o->cfg.adam_eps, wd, (float)coef, o->step);
   }
-  VL_CALL(ops->sync(ops));
-  if (detail) { /* per-tensor norms from the shard pieces, summed over ranks */
+  if (rc == VL_OK) rc = ops->sync(ops);
+  if (rc == VL_OK && detail) { /* per-tensor norms from the shard pieces, summed over ranks */
     double *acc = calloc((size_t)3 * np + 1, sizeof(double));
-    if (!acc) VL_ERROR(VL_ENOMEM, "statistics");
-    int rc = VL_OK;
+    if (!acc) rc = vl_err_raise(VL_ENOMEM, __FILE__, __LINE__, __func__, "statistics");
     for (int i = 0; i < np && mine && rc == VL_OK; i++) {
       const vl_param *p = &o->m->params[i];
       size_t a = p->offset > o->begin ? p->offset : o->begin;
       size_t b = p->offset + p->numel < o->begin + mine ? p->offset + p->numel : o->begin + mine;
       if (a >= b) continue;
       size_t off = a - o->begin;
-      const char *old = (const char *)g->params + a * el, *nw = (const char *)out_shard + off * el;
+      const char *nw = (const char *)out_shard + off * el, *ow = (const char *)old + off * el;
       rc = ops->sumsq(ops, (const char *)grad_shard + off * el, b - a, &acc[i]);
       if (rc == VL_OK) rc = ops->sumsq(ops, nw, b - a, &acc[np + i]);
-      if (rc == VL_OK) rc = ops->diff_sumsq(ops, nw, old, b - a, &acc[2 * np + i]);
+      if (rc == VL_OK) rc = ops->diff_sumsq(ops, nw, ow, b - a, &acc[2 * np + i]);
     }
     if (rc == VL_OK) rc = vl_comm_allreduce_double(o->comm, acc, 3 * np, VL_COMM_SUM);
-    for (int i = 0; i < np && rc == VL_OK; i++) {
-      /* gradient norms before clipping */
+    for (int i = 0; i < np && rc == VL_OK; i++) { /* gradient norms before clipping */
       if (want_t[0]) want_t[0][i] = sqrt(acc[i]);
       if (want_t[1]) want_t[1][i] = sqrt(acc[np + i]);
       if (want_t[2]) want_t[2][i] = acc[np + i] > 0 ? sqrt(acc[2 * np + i] / acc[np + i]) : 0.0;
     }
     free(acc);
-    VL_CALL(rc);
   }
-  /* every rank gets every updated shard */
+  if (old) ops->free(ops, old);
+  if (rc) return vl_err_trace(rc, __FILE__, __LINE__, __func__);
+  /* every rank gets every updated shard, in place */
   if (o->comm->size > 1) {
-    VL_CALL(ops->copy(ops, o->grad_full, out_shard, o->shard * el));
-    VL_CALL(ops->sync(ops));
-    VL_CALL(vl_comm_allgather(o->comm, dt, o->grad_full, o->param_full, o->shard));
+    VL_CALL(vl_comm_allgather_inplace(o->comm, dt, g->params, o->shard));
     VL_CALL(vl_comm_sync(o->comm));
   }
-  VL_CALL(ops->copy(ops, g->params, o->param_full, o->n * el));
-  VL_CALL(ops->zero(ops, g->grads, o->n * el));
+  VL_CALL(ops->zero(ops, g->grads, g->n_alloc * el));
   VL_CALL(ops->sync(ops));
-  st->grad_norm = norm;
   st->lr = lr;
   st->clip_coef = coef;
   return VL_OK;

@@ -24,7 +24,6 @@ typedef struct {
   vl_train_config cfg;
   size_t n, padded, shard, begin;  /* elements: model, padded block, per rank, my offset */
   float *master, *mom1, *mom2;     /* backend fp32 (shard) */
-  vl_t *grad_full, *param_full;    /* backend working type (padded) */
   int step;                        /* optimizer steps taken */
 } vl_optim;
 
@@ -45,10 +44,17 @@ typedef struct {
  * get_{cosine,linear,constant}_schedule_with_warmup times train.lr. */
 double vl_optim_lr(const vl_train_config *t, int step);
 
-/* host_params (n floats) are the initial fp32 weights, the same on every rank. */
+/* Elements the graph's parameter and gradient blocks need (padded to equal
+ * shards) for a model of n elements on `world` ranks. */
+size_t vl_optim_padded_size(size_t n, int world);
+
+/* host_params (n floats) are the initial fp32 weights, the same on every rank.
+ * The graph's params/grads must hold vl_optim_padded_size elements: the
+ * collectives run in place on them. */
 int vl_optim_create(vl_optim *o, const vl_model *m, vl_ops *ops, vl_comm *comm,
                     const vl_train_config *cfg, const float *host_params);
-/* Reduces g->grads over ranks, clips, updates, writes g->params, zeroes g->grads.
+/* Reduces g->grads over ranks (in place), clips, updates this rank's shard of
+ * g->params, all-gathers g->params, zeroes g->grads.
  * force_skip: drop this step's gradients (a rank saw a non-finite loss). */
 int vl_optim_step(vl_optim *o, vl_graph *g, int force_skip, vl_optim_stats *stats);
 void vl_optim_destroy(vl_optim *o);
