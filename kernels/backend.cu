@@ -99,6 +99,11 @@ static int cu_get(vl_ops *o, float *d, const vl_t *s, size_t n) {
   }
   return VL_OK;
 }
+static int cu_mem_info(vl_ops *o, size_t *free_b, size_t *total_b) {
+  CUDA_CHECK(cudaMemGetInfo(free_b, total_b));
+  return VL_OK;
+}
+
 static int cu_sync(vl_ops *o) {
   CUDA_CHECK(cudaStreamSynchronize(vl_ctx(o)->stream));
   return VL_OK;
@@ -166,6 +171,7 @@ extern "C" int vl_ops_cuda_create(vl_ops **out, int device) {
   o->put_raw = cu_put_raw;
   o->get_raw = cu_get_raw;
   o->sync = cu_sync;
+  o->mem_info = cu_mem_info;
   o->destroy = cu_destroy;
   vl_cuda_register_linear(o);
   vl_cuda_register_pointwise(o);

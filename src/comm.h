@@ -68,8 +68,9 @@ int vl_comm_pick_device(int local_rank, int local_size, int n_gpus, int allow_sh
                         const char *host, int *device);
 
 /* Collectives on backend memory; n counts elements of dt.  bf16 needs the
- * CUDA backend (VL_ENOTSUP on CPU).  send and recv must not overlap, except
- * allgather's send may be recv's own block (in place). */
+ * CUDA backend (VL_ENOTSUP on CPU).  send and recv must not overlap (the
+ * _inplace calls below are the overlapping forms).  n is the same on every
+ * rank.  Counts over MPI's int limit are split (c->max_count). */
 int vl_comm_allreduce_sum(vl_comm *c, vl_comm_dtype dt, void *buf, size_t n); /* in place */
 /* send: size * n_per_rank elements, recv: n_per_rank (block `rank` of the sum). */
 int vl_comm_reduce_scatter(vl_comm *c, vl_comm_dtype dt, const void *send, void *recv,
@@ -77,15 +78,15 @@ int vl_comm_reduce_scatter(vl_comm *c, vl_comm_dtype dt, const void *send, void 
 /* send: n_per_rank elements, recv: size * n_per_rank, in rank order. */
 int vl_comm_allgather(vl_comm *c, vl_comm_dtype dt, const void *send, void *recv,
                       size_t n_per_rank);
-/* Waits for the collectives enqueued on CUDA (no-op on CPU or staged).  A
- * NCCL error, or no progress within timeout_s, aborts the NCCL communicator
- * and returns VL_ENCCL naming rank, host and operation; main then aborts. */
 /* In place on a buffer of size x n_per_rank elements: after the
  * reduce-scatter, block `rank` holds the sum over ranks of that block (the
  * other blocks are undefined); the all-gather fills every block from its
  * owner's block. */
 int vl_comm_reduce_scatter_inplace(vl_comm *c, vl_comm_dtype dt, void *buf, size_t n_per_rank);
 int vl_comm_allgather_inplace(vl_comm *c, vl_comm_dtype dt, void *buf, size_t n_per_rank);
+/* Waits for the collectives enqueued on CUDA (no-op on CPU or staged).  A
+ * NCCL error, or no progress within timeout_s, aborts the NCCL communicator
+ * and returns VL_ENCCL naming rank, host and operation; main then aborts. */
 int vl_comm_sync(vl_comm *c);
 
 /* Host-memory helpers, MPI on every backend. */

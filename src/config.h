@@ -100,6 +100,8 @@ typedef struct {
   int stats_every;           /* steps between gradient-statistics rows (0: off) */
   vl_nonfinite_policy nonfinite; /* a NaN/Inf loss or gradient: skip the step, or stop */
   uint64_t seed;
+  int synth_grid[2];         /* generated samples: fixed image grid (h, w patches); 0 = varied */
+  int synth_text, synth_answer; /* generated samples: text tokens, of which answer; 0 = varied */
 } vl_train_config;
 
 typedef struct {
@@ -110,6 +112,7 @@ typedef struct {
   double nccl_timeout_s;     /* abort a hung collective after this long */
   int checkpoint_every;      /* steps between checkpoints (0: only at the end) */
   int keep_checkpoints;      /* newest K kept */
+  int save_final;            /* write a checkpoint after the last step */
   int resume;                /* continue from out_dir/ckpt/latest when there is one */
 } vl_run_config;
 

@@ -51,6 +51,8 @@ struct vl_ops {
   int (*put_raw)(vl_ops *o, void *dst, const void *src, size_t bytes);
   int (*get_raw)(vl_ops *o, void *dst, const void *src, size_t bytes);
   int (*sync)(vl_ops *o);
+  /* device memory free and total, bytes (CPU: the host's available memory) */
+  int (*mem_info)(vl_ops *o, size_t *free_bytes, size_t *total_bytes);
   int (*destroy)(vl_ops *o);
 
   /* ---- linear ------------------------------------------------------------

@@ -4,6 +4,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "err.h"
 #include "ops.h"
@@ -34,6 +35,12 @@ static int cpu_raw(vl_ops *o, void *d, const void *s, size_t bytes) {
 }
 static int cpu_sync(vl_ops *o) { return VL_OK; }
 static int cpu_destroy(vl_ops *o) { free(o); return VL_OK; }
+static int cpu_mem_info(vl_ops *o, size_t *free_b, size_t *total_b) {
+  long pages = sysconf(_SC_PHYS_PAGES), avail = sysconf(_SC_AVPHYS_PAGES), ps = sysconf(_SC_PAGESIZE);
+  *total_b = pages > 0 ? (size_t)pages * (size_t)ps : 0;
+  *free_b = avail > 0 ? (size_t)avail * (size_t)ps : 0;
+  return VL_OK;
+}
 
 /* ---- linear ----------------------------------------------------------------- */
 /* out (M,N) = inp (M,K) W(N,K)^T + bias */
@@ -677,6 +684,7 @@ int vl_ops_cpu_create(vl_ops **out) {
   o->put_raw = cpu_raw;
   o->get_raw = cpu_raw;
   o->sync = cpu_sync;
+  o->mem_info = cpu_mem_info;
   o->destroy = cpu_destroy;
   o->matmul_forward = cpu_matmul_forward;
   o->matmul_backward = cpu_matmul_backward;

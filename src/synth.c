@@ -59,3 +59,31 @@ int vl_synth_sample(vl_synth *s, const vl_model_config *mc, uint64_t seed, uint6
                           with_image ? s->pixels : NULL};
   return VL_OK;
 }
+
+int vl_synth_fixed(vl_synth *s, const vl_model_config *mc, uint64_t seed, uint64_t index,
+                   int grid_h, int grid_w, int text, int answer) {
+  vl_synth_free(s);
+  uint64_t r = seed * 0x9E3779B97F4A7C15ull + index * 0xD1B54A32D192ED03ull + 7;
+  const int m = mc->vision.spatial_merge_size;
+  if (grid_h % m || grid_w % m || text < answer + 3)
+    VL_ERROR(VL_EINVAL, "generated sample: grid %d x %d must be multiples of %d and text (%d) > answer (%d) + 2",
+             grid_h, grid_w, m, text, answer);
+  const int n_img = grid_h * grid_w / (m * m), n = text + n_img, prompt = text - 2 - answer;
+  const int patch_dim = mc->vision.in_channels * mc->vision.temporal_patch_size *
+                        mc->vision.patch_size * mc->vision.patch_size;
+  VL_CALL(vl_malloc((void **)&s->ids, (size_t)n * sizeof(int32_t), "sample ids"));
+  VL_CALL(vl_malloc((void **)&s->labels, (size_t)n * sizeof(int32_t), "sample labels"));
+  VL_CALL(vl_malloc((void **)&s->pixels, (size_t)grid_h * grid_w * patch_dim * sizeof(float), "pixels"));
+  const int base = mc->text.vocab_size > 1100 ? 1000 : 0, alpha = base ? 1000 : 32;
+  int t = 0;
+  s->ids[t++] = mc->tokens.vision_start_token_id;
+  for (int i = 0; i < n_img; i++) s->ids[t++] = mc->tokens.image_token_id;
+  s->ids[t++] = mc->tokens.vision_end_token_id;
+  while (t < n) s->ids[t++] = base + (int32_t)(vl_rng_next(&r) % (uint64_t)alpha);
+  (void)prompt;
+  for (int i = 0; i < n; i++) s->labels[i] = i >= n - answer ? s->ids[i] : -100;
+  for (size_t i = 0; i < (size_t)grid_h * grid_w * patch_dim; i++) s->pixels[i] = vl_rng_normal(&r);
+  s->grid[0][0] = 1; s->grid[0][1] = grid_h; s->grid[0][2] = grid_w;
+  s->sample = (vl_sample){n, s->ids, s->labels, 1, (const int32_t(*)[3])s->grid, s->pixels};
+  return VL_OK;
+}

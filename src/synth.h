@@ -21,6 +21,10 @@ typedef struct {
 /* max_tokens / max_patches bound the sample's size (the run's limits). */
 int vl_synth_sample(vl_synth *s, const vl_model_config *mc, uint64_t seed, uint64_t index,
                     int max_tokens, int max_patches);
+/* A sample of a fixed shape (the benchmark workload: grid 112 x 80, 662
+ * text tokens of which 400 answer): text tokens include vision start/end. */
+int vl_synth_fixed(vl_synth *s, const vl_model_config *mc, uint64_t seed, uint64_t index,
+                   int grid_h, int grid_w, int text, int answer);
 void vl_synth_free(vl_synth *s);
 
 #endif

@@ -65,8 +65,12 @@ int vl_trainer_step(vl_trainer *t, vl_step_report *r) {
   for (int a = 0; a < A && rc == VL_OK; a++)
     for (int k = 0; k < mb && rc == VL_OK; k++) {
       uint64_t index = ((uint64_t)(t->step * A + a) * W + rank) * mb + k;
-      rc = vl_synth_sample(&s[a * mb + k], &t->cfg->model, tc->seed, index, tc->max_seq_len,
-                           tc->max_vision_patches);
+      if (tc->synth_grid[0] > 0)
+        rc = vl_synth_fixed(&s[a * mb + k], &t->cfg->model, tc->seed, index, tc->synth_grid[0],
+                            tc->synth_grid[1], tc->synth_text, tc->synth_answer);
+      else
+        rc = vl_synth_sample(&s[a * mb + k], &t->cfg->model, tc->seed, index, tc->max_seq_len,
+                             tc->max_vision_patches);
       if (rc == VL_OK) {
         const vl_sample *x = &s[a * mb + k].sample;
         for (int i = 1; i < x->n_tokens; i++) counts[0] += x->labels[i] >= 0;
@@ -86,6 +90,11 @@ int vl_trainer_step(vl_trainer *t, vl_step_report *r) {
       if (rc == VL_OK) rc = vl_graph_set_batch(&t->g, &b);
       if (rc == VL_OK) rc = vl_graph_forward(&t->g, scale, &loss);
       if (rc == VL_OK) rc = vl_graph_backward(&t->g);
+      if (rc == VL_OK) rc = t->ops->sync(t->ops);
+      size_t fr = 0, tot = 0;
+      if (rc == VL_OK && t->ops->mem_info && t->ops->mem_info(t->ops, &fr, &tot) == VL_OK &&
+          tot - fr > t->peak_bytes)
+        t->peak_bytes = tot - fr;
       counts[1] += loss;
       vl_batch_free(&b);
     }
@@ -115,6 +124,7 @@ int vl_trainer_step(vl_trainer *t, vl_step_report *r) {
     int trc = vl_comm_allreduce_double(t->comm, rank_tok, W, VL_COMM_SUM);
     if (trc) { free(tg); return vl_err_trace(trc, __FILE__, __LINE__, __func__); }
   }
+  const double t_fb = now() - t0;
   int orc = vl_optim_step(&t->opt, &t->g, sums[2] > 0, &st);
   if (orc) { free(tg); return vl_err_trace(orc, __FILE__, __LINE__, __func__); }
   if (st.skipped) t->skipped++;
@@ -127,6 +137,9 @@ int vl_trainer_step(vl_trainer *t, vl_step_report *r) {
   r->grad_norm = st.grad_norm;
   r->tokens = sums[1];
   r->seconds = now() - t0;
+  r->microbatch_seconds = t_fb / A;
+  r->optimizer_seconds = r->seconds - t_fb;
+  r->peak_bytes = (double)t->peak_bytes;
   r->skipped = st.skipped;
   if (detail && t->stats) {
     /* noise scale: per-rank mean gradients G_r = g_r N / n_r (g_r is scaled by 1/N) */
@@ -244,7 +257,7 @@ int vl_train_run(const vl_config *cfg, const vl_model *m, vl_comm *comm, vl_ops 
     double stop = stop_requested;
     if (rc == VL_OK) rc = vl_comm_allreduce_double(comm, &stop, 1, VL_COMM_MAX);
     if (rc == VL_OK && stop > 0) *preempted = 1;
-    if (rc == VL_OK && ((every > 0 && r.step % every == 0) || r.step == S || *preempted)) {
+    if (rc == VL_OK && ((every > 0 && r.step % every == 0) || (r.step == S && cfg->run.save_final) || *preempted)) {
       rc = vl_ckpt_save(cfg->run.out_dir, &t.opt, cfg, cfg->run.keep_checkpoints);
       if (rc == VL_OK && comm->rank == 0 && !tty)
         printf("checkpoint %s/ckpt/step_%07d.h5\n", cfg->run.out_dir, r.step);
@@ -271,8 +284,10 @@ int vl_train_run(const vl_config *cfg, const vl_model *m, vl_comm *comm, vl_ops 
       int w = 20, done = (int)((double)r.step / S * w);
       printf("\r[%.*s%*s] ", done, "####################", w - done, "");
     }
-    printf("step %d/%d  loss %.4f  lr %.3e  grad norm %.3e  %.0f tok/s  %.3f s/step  elapsed %s  ETA %s%s%s",
-           r.step, S, r.loss, r.lr, r.grad_norm, r.tokens / r.seconds, r.seconds, e1, e2,
+    printf("step %d/%d  loss %.4f  lr %.3e  grad norm %.3e  %.0f tok/s  %.3f s/step  "
+           "(%.3f s/micro-batch, optimizer %.3f s, peak %.1f GiB)  elapsed %s  ETA %s%s%s",
+           r.step, S, r.loss, r.lr, r.grad_norm, r.tokens / r.seconds, r.seconds,
+           r.microbatch_seconds, r.optimizer_seconds, r.peak_bytes / 1073741824.0, e1, e2,
            r.skipped ? "  SKIPPED (non-finite loss or gradient)" : "", tty ? "   " : "\n");
     fflush(stdout);
   }

@@ -32,6 +32,7 @@ typedef struct {
   int skipped;         /* steps skipped for non-finite values */
   vl_gradstats *stats; /* rank 0, when statistics are recorded */
   int record;          /* every rank: compute statistics on stats steps */
+  size_t peak_bytes;   /* most device (or host) memory in use seen after a micro-batch */
 } vl_trainer;
 
 typedef struct {
@@ -40,6 +41,8 @@ typedef struct {
   double lr, grad_norm, seconds, tokens;  /* tokens: LLM tokens of the global batch */
   double targets;
   int skipped;         /* the update was skipped (non-finite loss or gradient) */
+  double microbatch_seconds, optimizer_seconds; /* forward+backward per micro-batch; the step's optimizer */
+  double peak_bytes;   /* memory in use on this rank's device, peak so far */
 } vl_step_report;
 
 /* host_params: initial fp32 weights, identical on every rank. */

@@ -1,0 +1,43 @@
+#!/bin/bash
+# bench_8b.sh NGPU ACCUM STEPS OUTDIR [peer.py]
+# The shared/BENCHMARK.md workload — Qwen3-VL-8B with random weights, one
+# image of 112 x 80 patches (2,240 merged tokens) and 662 text tokens of
+# which 400 carry the loss (2,902 LLM tokens), micro-batch 1 — trained by
+# vltrain under mpirun with NGPU ranks (ZeRO-1 AdamW), then by the peer
+# (HF transformers + PyTorch DDP, shared/bench/hf_peer.py, copied beside this
+# script) in the same call.  Prints seconds per micro-batch, optimizer
+# seconds, tokens/s per GPU, MFU (1.936e14 FLOPs per micro-batch, 989 TFLOP/s)
+# and peak memory for both, and their ratio.
+set -uo pipefail
+n=${1:-2} accum=${2:-2} steps=${3:-2} out=${4:-bench-out} peer=${5:-}
+top=$(cd "$(dirname "$0")/../.." && pwd)
+vltrain=${VLTRAIN:-$top/build-gpu/src/vltrain}
+mkdir -p "$out"
+cat > "$out/bench.yaml" <<EOY
+include: $top/inputs/qwen3-vl-8b.yaml
+train: {micro_batch: 1, grad_accum: $accum, steps: $steps, warmup_steps: 0, lr: 1.0e-5,
+        max_seq_len: 2902, max_vision_patches: 8960, synth_grid: [112, 80], synth_text: 662,
+        synth_answer: 400, stats_every: 0, eval_samples: 0}
+run: {backend: cuda, out_dir: $out/run, resume: false, save_final: false, checkpoint_every: 0}
+EOY
+echo "== vltrain: $n GPU(s), accumulation $accum, $steps steps"
+VL_PROGRESS_BAR=0 NCCL_NVLS_ENABLE=0 mpirun -np "$n" --bind-to none -x NCCL_NVLS_ENABLE "$vltrain" "$out/bench.yaml" \
+  2>&1 | tee "$out/vltrain.log" | grep -E "^step|memory|error|rank"
+# the last step (the first includes start-up)
+line=$(grep -E '^step [0-9]+/' "$out/vltrain.log" | tail -n 1)
+mb=$(echo "$line" | sed -E 's/.*\(([0-9.]+) s\/micro-batch.*/\1/')
+optsec=$(echo "$line" | sed -E 's/.*optimizer ([0-9.]+) s.*/\1/')
+peak=$(echo "$line" | sed -E 's/.*peak ([0-9.]+) GiB.*/\1/')
+awk -v mb="$mb" -v o="$optsec" -v p="$peak" 'BEGIN {
+  if (mb == "" || mb + 0 == 0) { print "vltrain: no step line"; exit }
+  printf "vltrain: %.3f s/micro-batch, optimizer %.3f s, %.0f tokens/s/GPU, MFU %.1f%%, peak %s GiB\n",
+         mb, o, 2902 / mb, 100 * 1.936e14 / (mb * 989e12), p }' | tee "$out/summary.txt"
+if [ -n "$peer" ] && [ -f "$peer" ]; then
+  echo "== peer: HF transformers + PyTorch DDP, $n GPU(s)"
+  if [ "$n" -gt 1 ]; then
+    torchrun --nproc_per_node "$n" "$peer" --mode full --accum "$accum" --steps "$steps" > "$out/peer.log" 2>&1
+  else
+    python3 "$peer" --mode full --accum "$accum" --steps "$steps" > "$out/peer.log" 2>&1
+  fi
+  tail -n 3 "$out/peer.log" | tee -a "$out/summary.txt"
+fi
