@@ -2,7 +2,11 @@
  * flash-style — online softmax over key tiles in shared memory, no T x T
  * matrix.  Forward and the dQ pass are query-major (a warp per query row),
  * the dK/dV pass is key-major (a warp per key row), so no atomics.
- * First version: fp32 CUDA-core math, tiles of 32 keys; head_dim <= 128. */
+ * Short segments: fp32 CUDA-core math, tiles of 32 keys; head_dim <= 128.
+ * Segments of GEMM_PATH_MIN rows or more take the tensor-core path below
+ * (VL_ATTENTION_GEMM=0/1 forces one path). */
+#include <stdlib.h>
+
 #include "cuda_common.h"
 
 #define B2F(x) __bfloat162float(x)
@@ -235,9 +239,136 @@ __global__ void k_attn_dkv(bf16 *dqkv, const bf16 *dout, const float *D, const f
   }
 }
 
+/* ---- long segments: tensor-core GEMMs over query chunks ----------------------
+ * For a segment of L rows and a chunk of C query rows, per head: S = scale *
+ * Q K^T (C x L, fp32, cuBLASLt), a row kernel (mask, softmax, lse) writes P
+ * (bf16), O = P V.  The backward recomputes S, forms dP = dO V^T, a row
+ * kernel gives P and dS = P (dP - D) scale, then dV += P^T dO, dQ += dS K,
+ * dK += dS^T Q.  Memory is bounded by one chunk of one head (C x L), never
+ * L x L; the GEMMs run on tensor cores. */
+enum { ROWS_CHUNK = 1024, GEMM_PATH_MIN = 256 };
+
+/* softmax over the keys [0, nk) of chunk row r (global query i = q0 + r,
+ * keys start at global kb): causal masks keys > i.  Writes P (bf16) and lse. */
+__global__ void k_rows_softmax(bf16 *P, float *lse, const float *S, int nk, int q0, int kb,
+                               int causal, int T) {
+  const int r = blockIdx.x, i = q0 + r;
+  const float *s = S + (size_t)r * nk;
+  bf16 *p = P + (size_t)r * nk;
+  const int kend = causal ? min(nk, i - kb + 1) : nk;
+  __shared__ float red[32];
+  __shared__ float bc;
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nw = blockDim.x / 32;
+  float mx = -INFINITY;
+  for (int j = threadIdx.x; j < kend; j += blockDim.x) mx = fmaxf(mx, s[j]);
+  mx = vl_warp_max(mx);
+  if (lane == 0) red[warp] = mx;
+  __syncthreads();
+  if (threadIdx.x == 0) { float m = -INFINITY; for (int w = 0; w < nw; w++) m = fmaxf(m, red[w]); bc = m; }
+  __syncthreads();
+  mx = bc;
+  float sum = 0.0f;
+  for (int j = threadIdx.x; j < kend; j += blockDim.x) sum += __expf(s[j] - mx);
+  sum = vl_warp_sum(sum);
+  __syncthreads();
+  if (lane == 0) red[warp] = sum;
+  __syncthreads();
+  if (threadIdx.x == 0) { float t = 0.0f; for (int w = 0; w < nw; w++) t += red[w]; bc = mx + logf(t); }
+  __syncthreads();
+  const float L = bc;
+  for (int j = threadIdx.x; j < nk; j += blockDim.x) p[j] = F2B(j < kend ? __expf(s[j] - L) : 0.0f);
+  if (threadIdx.x == 0) lse[i] = L;
+}
+
+/* backward rows: P = exp(S - lse) (masked), dS = P (dP - D) scale */
+__global__ void k_rows_dsoftmax(bf16 *P, bf16 *dS, const float *S, const float *dP, const float *lse,
+                                const float *D, int nk, int q0, int kb, int causal, float scale) {
+  const int r = blockIdx.x, i = q0 + r;
+  const int kend = causal ? min(nk, i - kb + 1) : nk;
+  const float L = lse[i], Di = D[i];
+  const size_t base = (size_t)r * nk;
+  for (int j = threadIdx.x; j < nk; j += blockDim.x) {
+    float p = j < kend ? __expf(S[base + j] - L) : 0.0f;
+    P[base + j] = F2B(p);
+    dS[base + j] = F2B(p * (dP[base + j] - Di) * scale);
+  }
+}
+
+static int attn_gemm_forward(vl_ops *o, bf16 *out, float *lse, const bf16 *qkv, int b, int e, int T,
+                             int nh, int nkv, int hd, float scale, int causal) {
+  vl_cuda_ctx *c = vl_ctx(o);
+  const int W = (nh + 2 * nkv) * hd, grp = nh / nkv, L = e - b, C = L < ROWS_CHUNK ? L : ROWS_CHUNK;
+  float *S;
+  bf16 *P;
+  VL_CALL(vl_cuda_scratch(o, VL_SCRATCH_A, (size_t)C * L * sizeof(float), (void **)&S));
+  VL_CALL(vl_cuda_scratch(o, VL_SCRATCH_C, (size_t)C * L * sizeof(bf16), (void **)&P));
+  for (int q0 = b; q0 < e; q0 += C) {
+    const int rows = e - q0 < C ? e - q0 : C, nk = causal ? q0 + rows - b : L;
+    for (int h = 0; h < nh; h++) {
+      const int g = h / grp;
+      const bf16 *Q = qkv + (size_t)q0 * W + h * hd, *K = qkv + (size_t)b * W + (nh + g) * hd;
+      const bf16 *V = qkv + (size_t)b * W + (nh + nkv + g) * hd;
+      VL_CALL(vl_cuda_gemm_ld(o, S, 1, nk, Q, 0, W, K, 1, W, NULL, rows, nk, hd, scale, 0.0f));
+      k_rows_softmax<<<rows, 256, 0, c->stream>>>(P, lse + (size_t)h * T, S, nk, q0, b, causal, T);
+      LAUNCH_CHECK("attention rows softmax");
+      VL_CALL(vl_cuda_gemm_ld(o, out + (size_t)q0 * nh * hd + h * hd, 0, (int64_t)nh * hd, P, 0, nk,
+                              V, 0, W, NULL, rows, hd, nk, 1.0f, 0.0f));
+    }
+  }
+  return VL_OK;
+}
+
+static int attn_gemm_backward(vl_ops *o, bf16 *dqkv, const bf16 *dout, const float *lse,
+                              const float *D, const bf16 *qkv, int b, int e, int T, int nh, int nkv,
+                              int hd, float scale, int causal) {
+  vl_cuda_ctx *c = vl_ctx(o);
+  const int W = (nh + 2 * nkv) * hd, grp = nh / nkv, L = e - b, C = L < ROWS_CHUNK ? L : ROWS_CHUNK;
+  const int64_t ldo = (int64_t)nh * hd;
+  float *S, *dP;
+  bf16 *P;
+  VL_CALL(vl_cuda_scratch(o, VL_SCRATCH_A, (size_t)2 * C * L * sizeof(float), (void **)&S));
+  dP = S + (size_t)C * L;
+  VL_CALL(vl_cuda_scratch(o, VL_SCRATCH_C, (size_t)2 * C * L * sizeof(bf16), (void **)&P));
+  bf16 *dS = P + (size_t)C * L;
+  for (int q0 = b; q0 < e; q0 += C) {
+    const int rows = e - q0 < C ? e - q0 : C, nk = causal ? q0 + rows - b : L;
+    for (int h = 0; h < nh; h++) {
+      const int g = h / grp;
+      const bf16 *Q = qkv + (size_t)q0 * W + h * hd, *K = qkv + (size_t)b * W + (nh + g) * hd;
+      const bf16 *V = qkv + (size_t)b * W + (nh + nkv + g) * hd;
+      const bf16 *dO = dout + (size_t)q0 * ldo + h * hd;
+      bf16 *dQ = dqkv + (size_t)q0 * W + h * hd, *dK = dqkv + (size_t)b * W + (nh + g) * hd;
+      bf16 *dV = dqkv + (size_t)b * W + (nh + nkv + g) * hd;
+      VL_CALL(vl_cuda_gemm_ld(o, S, 1, nk, Q, 0, W, K, 1, W, NULL, rows, nk, hd, scale, 0.0f));
+      VL_CALL(vl_cuda_gemm_ld(o, dP, 1, nk, dO, 0, ldo, V, 1, W, NULL, rows, nk, hd, 1.0f, 0.0f));
+      k_rows_dsoftmax<<<rows, 256, 0, c->stream>>>(P, dS, S, dP, lse + (size_t)h * T,
+                                                   D + (size_t)h * T, nk, q0, b, causal, scale);
+      LAUNCH_CHECK("attention rows dsoftmax");
+      /* dV (nk, hd) += P^T dO ; dQ (rows, hd) += dS K ; dK (nk, hd) += dS^T Q */
+      VL_CALL(vl_cuda_gemm_ld(o, dV, 0, W, P, 1, nk, dO, 0, ldo, NULL, nk, hd, rows, 1.0f, 1.0f));
+      VL_CALL(vl_cuda_gemm_ld(o, dQ, 0, W, dS, 0, nk, K, 0, W, NULL, rows, hd, nk, 1.0f, 1.0f));
+      VL_CALL(vl_cuda_gemm_ld(o, dK, 0, W, dS, 1, nk, Q, 0, W, NULL, nk, hd, rows, 1.0f, 1.0f));
+    }
+  }
+  return VL_OK;
+}
+
+/* Segments long enough for the GEMM path (host offsets). */
+static int any_long(const int32_t *seg_host, int nseg) {
+  for (int s = 0; s < nseg; s++)
+    if (seg_host[s + 1] - seg_host[s] >= GEMM_PATH_MIN) return 1;
+  return 0;
+}
+
 static int cu_attn_forward(vl_ops *o, vl_t *out, float *lse, const vl_t *qkv, const int32_t *seg,
                            const int32_t *seg_host, int nseg, int T, int nh, int nkv, int hd,
                            float scale, int causal) {
+  if (getenv("VL_ATTENTION_GEMM") ? atoi(getenv("VL_ATTENTION_GEMM")) : any_long(seg_host, nseg)) {
+    for (int s = 0; s < nseg; s++)
+      VL_CALL(attn_gemm_forward(o, (bf16 *)out, lse, (const bf16 *)qkv, seg_host[s], seg_host[s + 1],
+                                T, nh, nkv, hd, scale, causal));
+    return VL_OK;
+  }
   if (hd > MAXD) VL_ERROR(VL_ENOTSUP, "attention: head_dim %d > %d", hd, (int)MAXD);
   dim3 grid(vl_blocks((size_t)T, WARPS), (unsigned)nh);
   k_attn_fwd<<<grid, WARPS * 32, 0, vl_ctx(o)->stream>>>((bf16 *)out, lse, (const bf16 *)qkv, seg,
@@ -256,6 +387,12 @@ static int cu_attn_backward(vl_ops *o, vl_t *dqkv, const vl_t *dout, const vl_t 
   VL_CALL(vl_cuda_scratch(o, VL_SCRATCH_B, (size_t)T * nh * sizeof(float), (void **)&D));
   k_attn_D<<<vl_blocks((size_t)T * nh, WARPS), WARPS * 32, 0, c->stream>>>(D, (const bf16 *)dout, (const bf16 *)out, T, nh, hd);
   LAUNCH_CHECK("attention_D");
+  if (getenv("VL_ATTENTION_GEMM") ? atoi(getenv("VL_ATTENTION_GEMM")) : any_long(seg_host, nseg)) {
+    for (int s = 0; s < nseg; s++)
+      VL_CALL(attn_gemm_backward(o, (bf16 *)dqkv, (const bf16 *)dout, lse, D, (const bf16 *)qkv,
+                                 seg_host[s], seg_host[s + 1], T, nh, nkv, hd, scale, causal));
+    return VL_OK;
+  }
   dim3 gq(vl_blocks((size_t)T, WARPS), (unsigned)nh), gk(vl_blocks((size_t)T, WARPS), (unsigned)nkv);
   k_attn_dq<<<gq, WARPS * 32, 0, c->stream>>>((bf16 *)dqkv, (const bf16 *)dout, D, lse,
                                                (const bf16 *)qkv, seg, nseg, T, nh, nkv, hd, scale, causal);

@@ -83,6 +83,11 @@ void vl_cuda_register_optim(vl_ops *o);
 /* cuBLASLt GEMM in row-major terms: C (M,N) = alpha * A' B' + beta * C with
  * A' = A (M,K) or A^T where A is (K,M) [ta], B' = B (K,N) or B^T where B is
  * (N,K) [tb]; optional bias (N) epilogue; A, B bf16; C bf16 or fp32. */
+/* The same with row-major leading dimensions (elements between rows; 0 =
+ * packed) of C, A and B, for strided views such as one head of q|k|v rows. */
+int vl_cuda_gemm_ld(vl_ops *o, void *C, int c_is_f32, int64_t ldc, const bf16 *A, int ta,
+                    int64_t lda, const bf16 *B, int tb, int64_t ldb, const bf16 *bias, int M,
+                    int N, int K, float alpha, float beta);
 int vl_cuda_gemm(vl_ops *o, void *C, int c_is_f32, const bf16 *A, int ta, const bf16 *B,
                  int tb, const bf16 *bias, int M, int N, int K, float alpha, float beta);
 

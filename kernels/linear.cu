@@ -4,12 +4,20 @@
 
 int vl_cuda_gemm(vl_ops *o, void *C, int c_is_f32, const bf16 *A, int ta, const bf16 *B, int tb,
                  const bf16 *bias, int M, int N, int K, float alpha, float beta) {
+  return vl_cuda_gemm_ld(o, C, c_is_f32, 0, A, ta, 0, B, tb, 0, bias, M, N, K, alpha, beta);
+}
+
+int vl_cuda_gemm_ld(vl_ops *o, void *C, int c_is_f32, int64_t ldc_rm, const bf16 *A, int ta,
+                    int64_t lda_rm, const bf16 *B, int tb, int64_t ldb_rm, const bf16 *bias, int M,
+                    int N, int K, float alpha, float beta) {
   vl_cuda_ctx *c = vl_ctx(o);
   /* row-major C (M,N) = column-major C^T (N,M): C^T = op(B)^T op(A)^T */
   cublasOperation_t opa = tb ? CUBLAS_OP_T : CUBLAS_OP_N; /* cuBLAS "A" is our B */
   cublasOperation_t opb = ta ? CUBLAS_OP_T : CUBLAS_OP_N; /* cuBLAS "B" is our A */
   const uint64_t m = (uint64_t)N, n = (uint64_t)M, k = (uint64_t)K;
-  const int64_t lda = tb ? K : N, ldb = ta ? M : K, ldc = N;
+  /* row-major leading dimensions (0: packed) become the column-major ones */
+  const int64_t lda = ldb_rm ? ldb_rm : (tb ? K : N), ldb = lda_rm ? lda_rm : (ta ? M : K);
+  const int64_t ldc = ldc_rm ? ldc_rm : N;
   cublasLtMatmulDesc_t desc = NULL;
   cublasLtMatrixLayout_t la = NULL, lb = NULL, lc = NULL;
   cublasLtMatmulPreference_t pref = NULL;

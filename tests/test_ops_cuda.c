@@ -233,6 +233,15 @@ int main(void) {
   test_attention(300, 2, 4, 4, 72, 0);
   test_attention(1024, 2, 16, 16, 72, 0);
   test_attention(1024, 1, 32, 8, 128, 1);
+  /* segments of 256+ rows take the tensor-core GEMM path; force it on short ones too */
+  setenv("VL_ATTENTION_GEMM", "1", 1);
+  test_attention(300, 3, 4, 2, 128, 1);
+  test_attention(300, 2, 4, 4, 72, 0);
+  test_attention(37, 3, 4, 2, 16, 1);
+  setenv("VL_ATTENTION_GEMM", "0", 1);
+  test_attention(1024, 1, 32, 8, 128, 1);
+  unsetenv("VL_ATTENTION_GEMM");
+  test_attention(4096, 2, 16, 16, 72, 0);
   test_loss(37, 32, 384);
   test_loss(300, 256, 151936);
   /* the whole tiny model on the GPU against transformers (float64 reference):

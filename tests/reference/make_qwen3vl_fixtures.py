@@ -43,12 +43,22 @@ TOKENS = dict(image_token_id=380, video_token_id=381, vision_start_token_id=378,
 
 
 def make_config():
-    text = dict(TEXT)
-    text["rope_parameters"] = dict(ROPE)      # transformers 5.x
-    text["rope_theta"] = ROPE["rope_theta"]   # older versions
-    text["rope_scaling"] = {k: v for k, v in ROPE.items() if k != "rope_theta"}
-    cfg = Qwen3VLConfig(text_config=text, vision_config=dict(VISION),
-                        tie_word_embeddings=False, **TOKENS)
+    new_form = {"rope_parameters": dict(ROPE)}                       # transformers 5.x
+    old_form = {"rope_theta": ROPE["rope_theta"],                    # 4.x
+                "rope_scaling": {k: v for k, v in ROPE.items() if k != "rope_theta"}}
+    # Both forms at once first (what made the committed fixtures with 5.17);
+    # one form alone only if a version rejects the other.
+    cfg, err = None, None
+    for rope in ({**new_form, **old_form}, new_form, old_form):
+        try:
+            cfg = Qwen3VLConfig(text_config={**TEXT, **rope}, vision_config=dict(VISION),
+                                tie_word_embeddings=False, **TOKENS)
+            break
+        except (TypeError, ValueError, KeyError) as e:
+            print("warning: config with", sorted(rope), "rejected:", e)
+            err = e
+    if cfg is None:
+        raise err
     for c in (cfg, cfg.text_config, cfg.vision_config):
         c._attn_implementation = "eager"
     return cfg
@@ -114,6 +124,12 @@ def main():
     print("attn:", model.config._attn_implementation,
           "mrope_section:", model.model.language_model.rotary_emb.mrope_section)
     assert list(model.model.language_model.rotary_emb.mrope_section) == ROPE["mrope_section"]
+
+    n_all = 0
+    for n, p in model.named_parameters():
+        print("param %-70s %s" % (n, tuple(p.shape)))
+        n_all += p.numel()
+    print("parameter tensors:", len(list(model.parameters())), "elements:", n_all)
 
     ids, mask, labels, mm, pixels, grid = make_inputs(gen)
     kwargs = dict(input_ids=ids, attention_mask=mask, labels=labels,
