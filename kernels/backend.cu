@@ -125,6 +125,7 @@ static int cu_destroy(vl_ops *o) {
     cudaStreamSynchronize(c->stream);
     for (int i = 0; i < 3; i++)
       if (c->scratch[i]) cudaFree(c->scratch[i]);
+    vl_cuda_gemm_plans_free();
     if (c->lt_workspace) cudaFree(c->lt_workspace);
     if (c->lt) cublasLtDestroy(c->lt);
     if (c->stream) cudaStreamDestroy(c->stream);

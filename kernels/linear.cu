@@ -1,10 +1,46 @@
 /* linear: matmul forward/backward through cuBLASLt (bf16 in, fp32 compute),
  * bias by the epilogue, bias gradient by a column-sum kernel. */
+#include <stdint.h>
+#include <string.h>
+
 #include "cuda_common.h"
 
 int vl_cuda_gemm(vl_ops *o, void *C, int c_is_f32, const bf16 *A, int ta, const bf16 *B, int tb,
                  const bf16 *bias, int M, int N, int K, float alpha, float beta) {
   return vl_cuda_gemm_ld(o, C, c_is_f32, 0, A, ta, 0, B, tb, 0, bias, M, N, K, alpha, beta);
+}
+
+/* cuBLASLt plans (descriptors, layouts and the heuristic's algorithm) are
+ * cached by shape, so the tens of thousands of GEMMs of a micro-batch (the
+ * attention's per-head products) do not each pay for a heuristic query. */
+typedef struct {
+  int used;
+  uint64_t m, n, k;
+  int64_t lda, ldb, ldc;
+  int opa, opb, ct, bias, align;
+  cublasLtMatmulDesc_t desc;
+  cublasLtMatrixLayout_t la, lb, lc;
+  cublasLtMatmulAlgo_t algo;
+} gemm_plan;
+
+enum { PLAN_SLOTS = 1024 };
+static gemm_plan plans[PLAN_SLOTS]; /* one backend per process */
+
+void vl_cuda_gemm_plans_free(void) {
+  for (int i = 0; i < PLAN_SLOTS; i++) {
+    gemm_plan *p = &plans[i];
+    if (!p->used) continue;
+    cublasLtMatrixLayoutDestroy(p->la);
+    cublasLtMatrixLayoutDestroy(p->lb);
+    cublasLtMatrixLayoutDestroy(p->lc);
+    cublasLtMatmulDescDestroy(p->desc);
+    memset(p, 0, sizeof *p);
+  }
+}
+
+static int ptr_align(const void *p) {
+  uintptr_t v = (uintptr_t)p;
+  return v % 256 == 0 ? 256 : v % 16 == 0 ? 16 : 2;
 }
 
 int vl_cuda_gemm_ld(vl_ops *o, void *C, int c_is_f32, int64_t ldc_rm, const bf16 *A, int ta,
@@ -18,13 +54,32 @@ int vl_cuda_gemm_ld(vl_ops *o, void *C, int c_is_f32, int64_t ldc_rm, const bf16
   /* row-major leading dimensions (0: packed) become the column-major ones */
   const int64_t lda = ldb_rm ? ldb_rm : (tb ? K : N), ldb = lda_rm ? lda_rm : (ta ? M : K);
   const int64_t ldc = ldc_rm ? ldc_rm : N;
-  cublasLtMatmulDesc_t desc = NULL;
-  cublasLtMatrixLayout_t la = NULL, lb = NULL, lc = NULL;
-  cublasLtMatmulPreference_t pref = NULL;
+  int align = ptr_align(A);
+  if (ptr_align(B) < align) align = ptr_align(B);
+  if (ptr_align(C) < align) align = ptr_align(C);
+  if (bias && ptr_align(bias) < align) align = ptr_align(bias);
+  const int ct = c_is_f32 ? CUDA_R_32F : CUDA_R_16BF, has_bias = bias != NULL;
+  uint64_t h = m * 0x9E3779B97F4A7C15ull ^ n * 0xC2B2AE3D27D4EB4Full ^ k * 0x165667B19E3779F9ull ^
+               (uint64_t)lda * 31 ^ (uint64_t)ldb * 131 ^ (uint64_t)ldc * 1031 ^
+               (uint64_t)(opa * 2 + opb) * 7 ^ (uint64_t)ct * 13 ^ (uint64_t)has_bias * 17 ^ (uint64_t)align;
+  size_t slot = (h ^ (h >> 29)) % PLAN_SLOTS;
+  gemm_plan *p = NULL;
+  for (int probe = 0; probe < PLAN_SLOTS; probe++, slot = (slot + 1) % PLAN_SLOTS) {
+    gemm_plan *q = &plans[slot];
+    if (!q->used) { p = q; break; }
+    if (q->m == m && q->n == n && q->k == k && q->lda == lda && q->ldb == ldb && q->ldc == ldc &&
+        q->opa == opa && q->opb == opb && q->ct == ct && q->bias == has_bias && q->align == align) {
+      p = q;
+      break;
+    }
+  }
   int rc = VL_OK;
-  cublasLtMatmulHeuristicResult_t heur;
-  int found = 0;
-  cudaDataType_t ct = c_is_f32 ? CUDA_R_32F : CUDA_R_16BF;
+  cublasLtMatmulPreference_t pref = NULL;
+  gemm_plan fresh;
+  const int cacheable = p != NULL;
+  if (!p) p = &fresh; /* table full: a one-off plan */
+  if (!cacheable || !p->used) {
+    memset(p, 0, sizeof *p);
 #define LT(call)                                                                     \
   do {                                                                               \
     cublasStatus_t s_ = (call);                                                      \
@@ -32,39 +87,61 @@ int vl_cuda_gemm_ld(vl_ops *o, void *C, int c_is_f32, int64_t ldc_rm, const bf16
       rc = vl_err_raise(VL_ECUDA, __FILE__, __LINE__, __func__,                      \
                         "%s failed (status %d) for GEMM M=%d N=%d K=%d", #call,      \
                         (int)s_, M, N, K);                                           \
-      goto done;                                                                     \
+      goto fail;                                                                     \
     }                                                                                \
   } while (0)
-  LT(cublasLtMatmulDescCreate(&desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
-  LT(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &opa, sizeof opa));
-  LT(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSB, &opb, sizeof opb));
-  if (bias) {
-    cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
-    cudaDataType_t bt = CUDA_R_16BF;
-    LT(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi));
-    LT(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
-    LT(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt, sizeof bt));
+    LT(cublasLtMatmulDescCreate(&p->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    LT(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSA, &opa, sizeof opa));
+    LT(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSB, &opb, sizeof opb));
+    if (bias) {
+      cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
+      cudaDataType_t bt = CUDA_R_16BF;
+      LT(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi));
+      LT(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
+      LT(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt, sizeof bt));
+    }
+    LT(cublasLtMatrixLayoutCreate(&p->la, CUDA_R_16BF, opa == CUBLAS_OP_N ? m : k, opa == CUBLAS_OP_N ? k : m, lda));
+    LT(cublasLtMatrixLayoutCreate(&p->lb, CUDA_R_16BF, opb == CUBLAS_OP_N ? k : n, opb == CUBLAS_OP_N ? n : k, ldb));
+    LT(cublasLtMatrixLayoutCreate(&p->lc, (cudaDataType_t)ct, m, n, ldc));
+    LT(cublasLtMatmulPreferenceCreate(&pref));
+    LT(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                            &c->lt_workspace_bytes, sizeof c->lt_workspace_bytes));
+    {
+      uint32_t al = (uint32_t)align;
+      LT(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al, sizeof al));
+      LT(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al, sizeof al));
+      LT(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al, sizeof al));
+      LT(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al, sizeof al));
+    }
+    cublasLtMatmulHeuristicResult_t heur;
+    int found = 0;
+    LT(cublasLtMatmulAlgoGetHeuristic(c->lt, p->desc, p->la, p->lb, p->lc, p->lc, pref, 1, &heur, &found));
+    if (!found) {
+      rc = vl_err_raise(VL_ECUDA, __FILE__, __LINE__, __func__,
+                        "cuBLASLt has no algorithm for GEMM M=%d N=%d K=%d", M, N, K);
+      goto fail;
+    }
+    p->algo = heur.algo;
+    p->m = m; p->n = n; p->k = k; p->lda = lda; p->ldb = ldb; p->ldc = ldc;
+    p->opa = opa; p->opb = opb; p->ct = ct; p->bias = has_bias; p->align = align;
+    p->used = 1;
+    cublasLtMatmulPreferenceDestroy(pref);
+    pref = NULL;
+  } else if (bias) {
+    LT(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
   }
-  LT(cublasLtMatrixLayoutCreate(&la, CUDA_R_16BF, opa == CUBLAS_OP_N ? m : k, opa == CUBLAS_OP_N ? k : m, lda));
-  LT(cublasLtMatrixLayoutCreate(&lb, CUDA_R_16BF, opb == CUBLAS_OP_N ? k : n, opb == CUBLAS_OP_N ? n : k, ldb));
-  LT(cublasLtMatrixLayoutCreate(&lc, ct, m, n, ldc));
-  LT(cublasLtMatmulPreferenceCreate(&pref));
-  LT(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-                                          &c->lt_workspace_bytes, sizeof c->lt_workspace_bytes));
-  LT(cublasLtMatmulAlgoGetHeuristic(c->lt, desc, la, lb, lc, lc, pref, 1, &heur, &found));
-  if (!found) {
-    rc = vl_err_raise(VL_ECUDA, __FILE__, __LINE__, __func__,
-                      "cuBLASLt has no algorithm for GEMM M=%d N=%d K=%d", M, N, K);
-    goto done;
-  }
-  LT(cublasLtMatmul(c->lt, desc, &alpha, B, la, A, lb, &beta, C, lc, C, lc, &heur.algo,
+  LT(cublasLtMatmul(c->lt, p->desc, &alpha, B, p->la, A, p->lb, &beta, C, p->lc, C, p->lc, &p->algo,
                     c->lt_workspace, c->lt_workspace_bytes, c->stream));
-done:
+  if (!cacheable) goto release;
+  return VL_OK;
+fail:
   if (pref) cublasLtMatmulPreferenceDestroy(pref);
-  if (la) cublasLtMatrixLayoutDestroy(la);
-  if (lb) cublasLtMatrixLayoutDestroy(lb);
-  if (lc) cublasLtMatrixLayoutDestroy(lc);
-  if (desc) cublasLtMatmulDescDestroy(desc);
+release:
+  if (p->la) cublasLtMatrixLayoutDestroy(p->la);
+  if (p->lb) cublasLtMatrixLayoutDestroy(p->lb);
+  if (p->lc) cublasLtMatrixLayoutDestroy(p->lc);
+  if (p->desc) cublasLtMatmulDescDestroy(p->desc);
+  memset(p, 0, sizeof *p);
 #undef LT
   return rc;
 }

@@ -157,7 +157,7 @@ done:
 static hid_t open_file(const char *path, MPI_Comm comm, int create) {
   hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
   if (fapl < 0) return -1;
-  H5Pset_fapl_mpio(fapl, comm, MPI_INFO_NULL);
+  if (H5Pset_fapl_mpio(fapl, comm, MPI_INFO_NULL) < 0) { H5Pclose(fapl); return -1; }
   H5Pset_all_coll_metadata_ops(fapl, 1);
   H5Pset_coll_metadata_write(fapl, 1);
   hid_t f = create ? H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, fapl) : H5Fopen(path, H5F_ACC_RDONLY, fapl);
@@ -186,7 +186,7 @@ int vl_ckpt_save(const char *out_dir, const vl_optim *o, const vl_config *cfg, i
     mkdir(out_dir, 0755);
     if (mkdir(dir, 0755) && errno != EEXIST) rc = VL_EIO;
   }
-  MPI_Bcast(&rc, 1, MPI_INT, 0, o->comm->world);
+  VL_CALL(vl_comm_bcast(o->comm, &rc, sizeof rc, 0));
   if (rc) VL_ERROR(VL_EIO, "cannot create %s: %s", dir, strerror(errno));
   float *h[3] = {NULL, NULL, NULL};
   hid_t f = -1, g[3] = {-1, -1, -1}, gopt = -1;
@@ -220,8 +220,9 @@ done:
   if (gopt >= 0) H5Gclose(gopt);
   if (f >= 0 && H5Fclose(f) < 0 && rc == VL_OK)
     rc = vl_err_raise(VL_EHDF5, __FILE__, __LINE__, __func__, "%s: close failed", tmp);
-  int all = rc;
-  MPI_Allreduce(&rc, &all, 1, MPI_INT, MPI_MAX, o->comm->world);
+  double worst = rc;
+  VL_CALL(vl_comm_allreduce_double(o->comm, &worst, 1, VL_COMM_MAX));
+  int all = (int)worst;
   if (all) {
     if (o->comm->rank == 0) unlink(tmp);
     if (rc) return vl_err_trace(rc, __FILE__, __LINE__, __func__);
@@ -243,7 +244,7 @@ done:
       if (access(old, F_OK) == 0 && ++kept > keep) unlink(old);
     }
   }
-  MPI_Bcast(&rc, 1, MPI_INT, 0, o->comm->world);
+  VL_CALL(vl_comm_bcast(o->comm, &rc, sizeof rc, 0));
   if (rc) VL_ERROR(rc, "could not finish checkpoint %s", path);
   return VL_OK;
 }
@@ -308,9 +309,11 @@ done:
     free(h[k]);
   }
   if (f >= 0) H5Fclose(f);
-  int all = rc;
-  MPI_Allreduce(&rc, &all, 1, MPI_INT, MPI_MAX, o->comm->world);
+  double worst = rc;
+  int crc = vl_comm_allreduce_double(o->comm, &worst, 1, VL_COMM_MAX);
+  int all = (int)worst;
   if (rc) return vl_err_trace(rc, __FILE__, __LINE__, __func__);
+  VL_CALL(crc);
   if (all) VL_ERROR(all, "another rank failed reading %s", path);
   return VL_OK;
 }

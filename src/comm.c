@@ -156,6 +156,7 @@ static int agree(vl_comm *c, int rc, const char *step) {
   return VL_OK;
 }
 
+#ifdef VL_HAVE_CUDA
 static void append(char *buf, size_t n, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 static void append(char *buf, size_t n, const char *fmt, ...) {
@@ -174,7 +175,7 @@ static int rank_list(vl_comm *c, int flag, char *out, size_t n, int *count) {
   struct entry { int flag; char host[60]; } me, *all = NULL;
   memset(&me, 0, sizeof me);
   me.flag = flag;
-  snprintf(me.host, sizeof me.host, "%s", c->host);
+  snprintf(me.host, sizeof me.host, "%.59s", c->host);
   VL_CALL(vl_malloc((void **)&all, (size_t)c->size * sizeof me, "host list"));
   int m = MPI_Allgather(&me, (int)sizeof me, MPI_BYTE, all, (int)sizeof me, MPI_BYTE, c->world);
   if (m != MPI_SUCCESS) {
@@ -200,7 +201,31 @@ static int rank_list(vl_comm *c, int flag, char *out, size_t n, int *count) {
   return VL_OK;
 }
 
-#ifdef VL_HAVE_CUDA
+/* Collective on the node: whether the ranks' GPU `dev` are distinct
+ * physical devices (by UUID).  A rank that cannot tell counts as a clash. */
+static int node_gpus_distinct(vl_comm *c, int dev, int *distinct) {
+  struct cudaDeviceProp p;
+  unsigned char me[17] = {0}, *all = NULL;
+  if (cudaGetDeviceProperties(&p, dev) == cudaSuccess) {
+    memcpy(me, p.uuid.bytes, 16);
+    me[16] = 1;
+  } else {
+    (void)cudaGetLastError();
+  }
+  VL_CALL(vl_malloc((void **)&all, 17 * (size_t)c->local_size, "GPU UUIDs"));
+  int m = MPI_Allgather(me, 17, MPI_BYTE, all, 17, MPI_BYTE, c->node);
+  if (m != MPI_SUCCESS) {
+    free(all);
+    return mpi_fail(m, c, "MPI_Allgather", __FILE__, __LINE__, __func__);
+  }
+  *distinct = 1;
+  for (int i = 0; i < c->local_size; i++)
+    for (int j = i; j < c->local_size; j++)
+      if (!all[17 * i + 16] || (j > i && !memcmp(all + 17 * i, all + 17 * j, 16))) *distinct = 0;
+  free(all);
+  return VL_OK;
+}
+
 static int cuda_bind(vl_comm *c) {
   CUDA_CHECK(c, cudaSetDevice(c->device));
   cudaStream_t s;
@@ -222,12 +247,20 @@ static int setup_cuda(vl_comm *c, int gpus, int min_gpus, const char *why, int a
              c->size, list);
   }
   c->backend = VL_BACKEND_CUDA;
-  int rc = vl_comm_pick_device(c->local_rank, c->local_size, gpus, allow_shared, c->host,
-                               &c->device);
+  /* Slurm's --gpus-per-task (a CUDA_VISIBLE_DEVICES per rank) shows each
+   * rank its own single GPU: fewer visible than local ranks, none shared */
+  int own = 0, rc = VL_OK, one = gpus == 1, all_one = 0;
+  MPI_CHECK(c, MPI_Allreduce(&one, &all_one, 1, MPI_INT, MPI_MIN, c->node));
+  if (all_one && c->local_size > 1) VL_CALL(node_gpus_distinct(c, 0, &own));
+  if (own) c->device = 0;
+  else rc = vl_comm_pick_device(c->local_rank, c->local_size, gpus, allow_shared, c->host,
+                                &c->device);
   VL_CALL(agree(c, rc, "choosing its GPU"));
   VL_CALL(agree(c, cuda_bind(c), "binding its GPU"));
   /* NCCL refuses two ranks on one GPU: if any node shares, all stage */
-  int shared = c->local_size > gpus;
+  int distinct = 1;
+  if (c->local_size > 1) VL_CALL(node_gpus_distinct(c, c->device, &distinct));
+  int shared = !distinct;
   MPI_CHECK(c, MPI_Allreduce(&shared, &c->staged, 1, MPI_INT, MPI_MAX, c->world));
   if (c->staged) return VL_OK;
   struct { int rc; ncclUniqueId id; } boot;
@@ -285,7 +318,7 @@ static int setup(vl_comm *c, MPI_Comm world, vl_backend_kind want, int allow_sha
     }
     want = max_gpus > 0 ? VL_BACKEND_CUDA : VL_BACKEND_CPU;
 #else
-    (void)max_gpus;
+    (void)min_gpus, (void)max_gpus;
     want = VL_BACKEND_CPU;
 #endif
   }
@@ -505,7 +538,9 @@ static int nccl_enqueue(vl_comm *c, coll_kind k, vl_comm_dtype dt, const void *s
            dt == VL_COMM_BF16 ? "bf16" : "fp32", k == COLL_ALLREDUCE ? "" : " per rank");
   switch (k) {
   case COLL_ALLREDUCE: NCCL_CHECK(c, ncclAllReduce(send, recv, n, t, ncclSum, nc, s)); break;
-  case COLL_REDUCE_SCATTER: NCCL_CHECK(c, ncclReduceScatter(send, recv, n, t, ncclSum, nc, s)); break;
+  case COLL_REDUCE_SCATTER:
+    NCCL_CHECK(c, ncclReduceScatter(send, recv, n, t, ncclSum, nc, s));
+    break;
   case COLL_ALLGATHER: NCCL_CHECK(c, ncclAllGather(send, recv, n, t, nc, s)); break;
   }
   return VL_OK;
@@ -656,7 +691,7 @@ int vl_comm_barrier(vl_comm *c) {
 }
 
 int vl_comm_print_map(vl_comm *c) {
-  enum { LINE = 512 };
+  enum { LINE = 768 }; /* bytes per rank's line: host <= 255, device <= 319 */
   char line[LINE], dev[320] = "cpu";
 #ifdef VL_HAVE_CUDA
   if (c->backend == VL_BACKEND_CUDA) {
@@ -667,7 +702,7 @@ int vl_comm_print_map(vl_comm *c) {
              c->staged ? ", shared: collectives through host memory" : "");
   }
 #endif
-  snprintf(line, sizeof line, "rank %d  host %s  local %d/%d  device %s", c->rank, c->host,
+  snprintf(line, sizeof line, "rank %d  host %.255s  local %d/%d  device %.319s", c->rank, c->host,
            c->local_rank, c->local_size, dev);
   char *all = NULL;
   int rc = c->rank == 0 ? vl_malloc((void **)&all, (size_t)LINE * (size_t)c->size, "rank map")

@@ -2,17 +2,19 @@
  *
  * Owns: world and node-local ranks (MPI_COMM_TYPE_SHARED), the choice of
  * backend (the same on every rank), the rank -> GPU binding (node-local
- * rank), the NCCL communicator (rank 0 makes the unique id, MPI_Bcast
- * carries it), the communication stream and the hang timeout.
+ * rank; or GPU 0 where each rank is shown only its own GPU, as with
+ * Slurm's --gpus-per-task), the NCCL communicator (rank 0 makes the unique
+ * id, MPI_Bcast carries it), the communication stream and the hang timeout.
  * Does not own: compute streams (ops backend), what is reduced (optim).
  *
  * The same calls reduce with MPI on the CPU backend and with NCCL on GPUs;
  * buffers are backend memory (host on CPU, device on CUDA).  On CUDA a
  * collective is enqueued on the comm stream and vl_comm_sync waits for it;
- * the caller makes its compute stream idle first.  When ranks share a GPU
- * (run.allow_shared_gpu) NCCL cannot be used (one GPU, one NCCL rank), so
- * CUDA collectives go through host memory with MPI ("staged"; slow, for
- * functional runs only).  bf16 is summed in fp32 there.
+ * the caller makes its compute stream idle first.  When two ranks of a node
+ * use one GPU (run.allow_shared_gpu; GPUs told apart by UUID) NCCL cannot
+ * be used (one GPU, one NCCL rank), so CUDA collectives go through host
+ * memory with MPI ("staged"; slow, for functional runs only); bf16 is
+ * summed in fp32 there.
  *
  * Every setup failure is agreed on by all ranks (a rank that failed alone
  * would leave the others waiting in the next collective), so vl_comm_init
