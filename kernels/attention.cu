@@ -251,10 +251,12 @@ enum { ROWS_CHUNK = 1024, GEMM_PATH_MIN = 256 };
 /* softmax over the keys [0, nk) of chunk row r (global query i = q0 + r,
  * keys start at global kb): causal masks keys > i.  Writes P (bf16) and lse. */
 __global__ void k_rows_softmax(bf16 *P, float *lse, const float *S, int nk, int q0, int kb,
-                               int causal, int T) {
-  const int r = blockIdx.x, i = q0 + r;
-  const float *s = S + (size_t)r * nk;
-  bf16 *p = P + (size_t)r * nk;
+                               int causal, int T, int rows) {
+  /* blockIdx.x = head-in-batch * rows + chunk row; lse has T entries per head */
+  const int hb = blockIdx.x / rows, r = blockIdx.x % rows, i = q0 + r;
+  lse += (size_t)hb * T;
+  const float *s = S + (size_t)blockIdx.x * nk;
+  bf16 *p = P + (size_t)blockIdx.x * nk;
   const int kend = causal ? min(nk, i - kb + 1) : nk;
   __shared__ float red[32];
   __shared__ float bc;
@@ -282,11 +284,12 @@ __global__ void k_rows_softmax(bf16 *P, float *lse, const float *S, int nk, int 
 
 /* backward rows: P = exp(S - lse) (masked), dS = P (dP - D) scale */
 __global__ void k_rows_dsoftmax(bf16 *P, bf16 *dS, const float *S, const float *dP, const float *lse,
-                                const float *D, int nk, int q0, int kb, int causal, float scale) {
-  const int r = blockIdx.x, i = q0 + r;
+                                const float *D, int nk, int q0, int kb, int causal, float scale,
+                                int T, int rows) {
+  const int hb = blockIdx.x / rows, r = blockIdx.x % rows, i = q0 + r;
   const int kend = causal ? min(nk, i - kb + 1) : nk;
-  const float L = lse[i], Di = D[i];
-  const size_t base = (size_t)r * nk;
+  const float L = lse[(size_t)hb * T + i], Di = D[(size_t)hb * T + i];
+  const size_t base = (size_t)blockIdx.x * nk;
   for (int j = threadIdx.x; j < nk; j += blockDim.x) {
     float p = j < kend ? __expf(S[base + j] - L) : 0.0f;
     P[base + j] = F2B(p);
@@ -294,25 +297,36 @@ __global__ void k_rows_dsoftmax(bf16 *P, bf16 *dS, const float *S, const float *
   }
 }
 
+/* Heads per batched GEMM: all of them when each q head has its own k/v head
+ * (the vision tower); with GQA the q heads of one kv head, which read the
+ * same K and V (batch stride 0).  Products into dK and dV stay per head
+ * there, since batches sharing an output would race. */
+static int heads_per_batch(int nh, int nkv) { return nh == nkv ? nh : nh / nkv; }
+
 static int attn_gemm_forward(vl_ops *o, bf16 *out, float *lse, const bf16 *qkv, int b, int e, int T,
                              int nh, int nkv, int hd, float scale, int causal) {
   vl_cuda_ctx *c = vl_ctx(o);
-  const int W = (nh + 2 * nkv) * hd, grp = nh / nkv, L = e - b, C = L < ROWS_CHUNK ? L : ROWS_CHUNK;
+  const int W = (nh + 2 * nkv) * hd, grp = nh / nkv, L = e - b, hb = heads_per_batch(nh, nkv);
+  const int chunk = hb > 1 ? 512 : ROWS_CHUNK, C = L < chunk ? L : chunk;
   float *S;
   bf16 *P;
-  VL_CALL(vl_cuda_scratch(o, VL_SCRATCH_A, (size_t)C * L * sizeof(float), (void **)&S));
-  VL_CALL(vl_cuda_scratch(o, VL_SCRATCH_C, (size_t)C * L * sizeof(bf16), (void **)&P));
+  VL_CALL(vl_cuda_scratch(o, VL_SCRATCH_A, (size_t)hb * C * L * sizeof(float), (void **)&S));
+  VL_CALL(vl_cuda_scratch(o, VL_SCRATCH_C, (size_t)hb * C * L * sizeof(bf16), (void **)&P));
   for (int q0 = b; q0 < e; q0 += C) {
     const int rows = e - q0 < C ? e - q0 : C, nk = causal ? q0 + rows - b : L;
-    for (int h = 0; h < nh; h++) {
+    const int64_t sS = (int64_t)rows * nk;
+    for (int h = 0; h < nh; h += hb) {
       const int g = h / grp;
       const bf16 *Q = qkv + (size_t)q0 * W + h * hd, *K = qkv + (size_t)b * W + (nh + g) * hd;
       const bf16 *V = qkv + (size_t)b * W + (nh + nkv + g) * hd;
-      VL_CALL(vl_cuda_gemm_ld(o, S, 1, nk, Q, 0, W, K, 1, W, NULL, rows, nk, hd, scale, 0.0f));
-      k_rows_softmax<<<rows, 256, 0, c->stream>>>(P, lse + (size_t)h * T, S, nk, q0, b, causal, T);
+      const int64_t skv = nh == nkv ? hd : 0;
+      VL_CALL(vl_cuda_gemm_batched(o, S, 1, nk, sS, Q, 0, W, hd, K, 1, W, skv, NULL, rows, nk, hd,
+                                   hb, scale, 0.0f));
+      k_rows_softmax<<<rows * hb, 256, 0, c->stream>>>(P, lse + (size_t)h * T, S, nk, q0, b, causal,
+                                                       T, rows);
       LAUNCH_CHECK("attention rows softmax");
-      VL_CALL(vl_cuda_gemm_ld(o, out + (size_t)q0 * nh * hd + h * hd, 0, (int64_t)nh * hd, P, 0, nk,
-                              V, 0, W, NULL, rows, hd, nk, 1.0f, 0.0f));
+      VL_CALL(vl_cuda_gemm_batched(o, out + (size_t)q0 * nh * hd + h * hd, 0, (int64_t)nh * hd, hd,
+                                   P, 0, nk, sS, V, 0, W, skv, NULL, rows, hd, nk, hb, 1.0f, 0.0f));
     }
   }
   return VL_OK;
@@ -322,32 +336,50 @@ static int attn_gemm_backward(vl_ops *o, bf16 *dqkv, const bf16 *dout, const flo
                               const float *D, const bf16 *qkv, int b, int e, int T, int nh, int nkv,
                               int hd, float scale, int causal) {
   vl_cuda_ctx *c = vl_ctx(o);
-  const int W = (nh + 2 * nkv) * hd, grp = nh / nkv, L = e - b, C = L < ROWS_CHUNK ? L : ROWS_CHUNK;
+  const int W = (nh + 2 * nkv) * hd, grp = nh / nkv, L = e - b, hb = heads_per_batch(nh, nkv);
+  const int chunk = hb > 1 ? 512 : ROWS_CHUNK, C = L < chunk ? L : chunk;
   const int64_t ldo = (int64_t)nh * hd;
   float *S, *dP;
   bf16 *P;
-  VL_CALL(vl_cuda_scratch(o, VL_SCRATCH_A, (size_t)2 * C * L * sizeof(float), (void **)&S));
-  dP = S + (size_t)C * L;
-  VL_CALL(vl_cuda_scratch(o, VL_SCRATCH_C, (size_t)2 * C * L * sizeof(bf16), (void **)&P));
-  bf16 *dS = P + (size_t)C * L;
+  VL_CALL(vl_cuda_scratch(o, VL_SCRATCH_A, (size_t)2 * hb * C * L * sizeof(float), (void **)&S));
+  dP = S + (size_t)hb * C * L;
+  VL_CALL(vl_cuda_scratch(o, VL_SCRATCH_C, (size_t)2 * hb * C * L * sizeof(bf16), (void **)&P));
+  bf16 *dS = P + (size_t)hb * C * L;
   for (int q0 = b; q0 < e; q0 += C) {
     const int rows = e - q0 < C ? e - q0 : C, nk = causal ? q0 + rows - b : L;
-    for (int h = 0; h < nh; h++) {
+    const int64_t sS = (int64_t)rows * nk;
+    for (int h = 0; h < nh; h += hb) {
       const int g = h / grp;
       const bf16 *Q = qkv + (size_t)q0 * W + h * hd, *K = qkv + (size_t)b * W + (nh + g) * hd;
       const bf16 *V = qkv + (size_t)b * W + (nh + nkv + g) * hd;
       const bf16 *dO = dout + (size_t)q0 * ldo + h * hd;
       bf16 *dQ = dqkv + (size_t)q0 * W + h * hd, *dK = dqkv + (size_t)b * W + (nh + g) * hd;
       bf16 *dV = dqkv + (size_t)b * W + (nh + nkv + g) * hd;
-      VL_CALL(vl_cuda_gemm_ld(o, S, 1, nk, Q, 0, W, K, 1, W, NULL, rows, nk, hd, scale, 0.0f));
-      VL_CALL(vl_cuda_gemm_ld(o, dP, 1, nk, dO, 0, ldo, V, 1, W, NULL, rows, nk, hd, 1.0f, 0.0f));
-      k_rows_dsoftmax<<<rows, 256, 0, c->stream>>>(P, dS, S, dP, lse + (size_t)h * T,
-                                                   D + (size_t)h * T, nk, q0, b, causal, scale);
+      const int64_t skv = nh == nkv ? hd : 0;
+      VL_CALL(vl_cuda_gemm_batched(o, S, 1, nk, sS, Q, 0, W, hd, K, 1, W, skv, NULL, rows, nk, hd,
+                                   hb, scale, 0.0f));
+      VL_CALL(vl_cuda_gemm_batched(o, dP, 1, nk, sS, dO, 0, ldo, hd, V, 1, W, skv, NULL, rows, nk,
+                                   hd, hb, 1.0f, 0.0f));
+      k_rows_dsoftmax<<<rows * hb, 256, 0, c->stream>>>(P, dS, S, dP, lse + (size_t)h * T,
+                                                        D + (size_t)h * T, nk, q0, b, causal, scale,
+                                                        T, rows);
       LAUNCH_CHECK("attention rows dsoftmax");
       /* dV (nk, hd) += P^T dO ; dQ (rows, hd) += dS K ; dK (nk, hd) += dS^T Q */
-      VL_CALL(vl_cuda_gemm_ld(o, dV, 0, W, P, 1, nk, dO, 0, ldo, NULL, nk, hd, rows, 1.0f, 1.0f));
-      VL_CALL(vl_cuda_gemm_ld(o, dQ, 0, W, dS, 0, nk, K, 0, W, NULL, rows, hd, nk, 1.0f, 1.0f));
-      VL_CALL(vl_cuda_gemm_ld(o, dK, 0, W, dS, 1, nk, Q, 0, W, NULL, nk, hd, rows, 1.0f, 1.0f));
+      VL_CALL(vl_cuda_gemm_batched(o, dQ, 0, W, hd, dS, 0, nk, sS, K, 0, W, skv, NULL, rows, hd, nk,
+                                   hb, 1.0f, 1.0f));
+      if (skv) {
+        VL_CALL(vl_cuda_gemm_batched(o, dV, 0, W, hd, P, 1, nk, sS, dO, 0, ldo, hd, NULL, nk, hd,
+                                     rows, hb, 1.0f, 1.0f));
+        VL_CALL(vl_cuda_gemm_batched(o, dK, 0, W, hd, dS, 1, nk, sS, Q, 0, W, hd, NULL, nk, hd,
+                                     rows, hb, 1.0f, 1.0f));
+      } else { /* the group's q heads all add into one kv head: one product each */
+        for (int k = 0; k < hb; k++) {
+          VL_CALL(vl_cuda_gemm_ld(o, dV, 0, W, P + k * sS, 1, nk, dO + k * hd, 0, ldo, NULL, nk, hd,
+                                  rows, 1.0f, 1.0f));
+          VL_CALL(vl_cuda_gemm_ld(o, dK, 0, W, dS + k * sS, 1, nk, Q + k * hd, 0, W, NULL, nk, hd,
+                                  rows, 1.0f, 1.0f));
+        }
+      }
     }
   }
   return VL_OK;

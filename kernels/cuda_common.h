@@ -88,6 +88,12 @@ void vl_cuda_register_optim(vl_ops *o);
 int vl_cuda_gemm_ld(vl_ops *o, void *C, int c_is_f32, int64_t ldc, const bf16 *A, int ta,
                     int64_t lda, const bf16 *B, int tb, int64_t ldb, const bf16 *bias, int M,
                     int N, int K, float alpha, float beta);
+/* `batch` independent GEMMs whose A, B and C start stride_a, stride_b,
+ * stride_c elements apart (e.g. the heads of packed q|k|v rows). */
+int vl_cuda_gemm_batched(vl_ops *o, void *C, int c_is_f32, int64_t ldc, int64_t stride_c,
+                         const bf16 *A, int ta, int64_t lda, int64_t stride_a, const bf16 *B,
+                         int tb, int64_t ldb, int64_t stride_b, const bf16 *bias, int M, int N,
+                         int K, int batch, float alpha, float beta);
 /* Releases the cached cuBLASLt plans (backend destruction). */
 void vl_cuda_gemm_plans_free(void);
 int vl_cuda_gemm(vl_ops *o, void *C, int c_is_f32, const bf16 *A, int ta, const bf16 *B,

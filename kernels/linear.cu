@@ -17,7 +17,8 @@ typedef struct {
   int used;
   uint64_t m, n, k;
   int64_t lda, ldb, ldc;
-  int opa, opb, ct, bias, align;
+  int opa, opb, ct, bias, align, batch;
+  int64_t sa, sb, sc;
   cublasLtMatmulDesc_t desc;
   cublasLtMatrixLayout_t la, lb, lc;
   cublasLtMatmulAlgo_t algo;
@@ -46,6 +47,14 @@ static int ptr_align(const void *p) {
 int vl_cuda_gemm_ld(vl_ops *o, void *C, int c_is_f32, int64_t ldc_rm, const bf16 *A, int ta,
                     int64_t lda_rm, const bf16 *B, int tb, int64_t ldb_rm, const bf16 *bias, int M,
                     int N, int K, float alpha, float beta) {
+  return vl_cuda_gemm_batched(o, C, c_is_f32, ldc_rm, 0, A, ta, lda_rm, 0, B, tb, ldb_rm, 0, bias,
+                              M, N, K, 1, alpha, beta);
+}
+
+int vl_cuda_gemm_batched(vl_ops *o, void *C, int c_is_f32, int64_t ldc_rm, int64_t stride_c,
+                         const bf16 *A, int ta, int64_t lda_rm, int64_t stride_a, const bf16 *B,
+                         int tb, int64_t ldb_rm, int64_t stride_b, const bf16 *bias, int M, int N,
+                         int K, int batch, float alpha, float beta) {
   vl_cuda_ctx *c = vl_ctx(o);
   /* row-major C (M,N) = column-major C^T (N,M): C^T = op(B)^T op(A)^T */
   cublasOperation_t opa = tb ? CUBLAS_OP_T : CUBLAS_OP_N; /* cuBLAS "A" is our B */
@@ -61,14 +70,17 @@ int vl_cuda_gemm_ld(vl_ops *o, void *C, int c_is_f32, int64_t ldc_rm, const bf16
   const int ct = c_is_f32 ? CUDA_R_32F : CUDA_R_16BF, has_bias = bias != NULL;
   uint64_t h = m * 0x9E3779B97F4A7C15ull ^ n * 0xC2B2AE3D27D4EB4Full ^ k * 0x165667B19E3779F9ull ^
                (uint64_t)lda * 31 ^ (uint64_t)ldb * 131 ^ (uint64_t)ldc * 1031 ^
-               (uint64_t)(opa * 2 + opb) * 7 ^ (uint64_t)ct * 13 ^ (uint64_t)has_bias * 17 ^ (uint64_t)align;
+               (uint64_t)(opa * 2 + opb) * 7 ^ (uint64_t)ct * 13 ^ (uint64_t)has_bias * 17 ^ (uint64_t)align ^
+               (uint64_t)batch * 0x100000001B3ull ^ (uint64_t)stride_a * 3 ^ (uint64_t)stride_b * 5 ^
+               (uint64_t)stride_c * 11;
   size_t slot = (h ^ (h >> 29)) % PLAN_SLOTS;
   gemm_plan *p = NULL;
   for (int probe = 0; probe < PLAN_SLOTS; probe++, slot = (slot + 1) % PLAN_SLOTS) {
     gemm_plan *q = &plans[slot];
     if (!q->used) { p = q; break; }
     if (q->m == m && q->n == n && q->k == k && q->lda == lda && q->ldb == ldb && q->ldc == ldc &&
-        q->opa == opa && q->opb == opb && q->ct == ct && q->bias == has_bias && q->align == align) {
+        q->opa == opa && q->opb == opb && q->ct == ct && q->bias == has_bias && q->align == align &&
+        q->batch == batch && q->sa == stride_a && q->sb == stride_b && q->sc == stride_c) {
       p = q;
       break;
     }
@@ -103,6 +115,16 @@ int vl_cuda_gemm_ld(vl_ops *o, void *C, int c_is_f32, int64_t ldc_rm, const bf16
     LT(cublasLtMatrixLayoutCreate(&p->la, CUDA_R_16BF, opa == CUBLAS_OP_N ? m : k, opa == CUBLAS_OP_N ? k : m, lda));
     LT(cublasLtMatrixLayoutCreate(&p->lb, CUDA_R_16BF, opb == CUBLAS_OP_N ? k : n, opb == CUBLAS_OP_N ? n : k, ldb));
     LT(cublasLtMatrixLayoutCreate(&p->lc, (cudaDataType_t)ct, m, n, ldc));
+    if (batch > 1) { /* cuBLAS "A" is our B, "B" our A */
+      int32_t bc = batch;
+      int64_t s_a = stride_b, s_b = stride_a, s_c = stride_c;
+      LT(cublasLtMatrixLayoutSetAttribute(p->la, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &bc, sizeof bc));
+      LT(cublasLtMatrixLayoutSetAttribute(p->la, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &s_a, sizeof s_a));
+      LT(cublasLtMatrixLayoutSetAttribute(p->lb, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &bc, sizeof bc));
+      LT(cublasLtMatrixLayoutSetAttribute(p->lb, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &s_b, sizeof s_b));
+      LT(cublasLtMatrixLayoutSetAttribute(p->lc, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &bc, sizeof bc));
+      LT(cublasLtMatrixLayoutSetAttribute(p->lc, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &s_c, sizeof s_c));
+    }
     LT(cublasLtMatmulPreferenceCreate(&pref));
     LT(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
                                             &c->lt_workspace_bytes, sizeof c->lt_workspace_bytes));
@@ -124,6 +146,7 @@ int vl_cuda_gemm_ld(vl_ops *o, void *C, int c_is_f32, int64_t ldc_rm, const bf16
     p->algo = heur.algo;
     p->m = m; p->n = n; p->k = k; p->lda = lda; p->ldb = ldb; p->ldc = ldc;
     p->opa = opa; p->opb = opb; p->ct = ct; p->bias = has_bias; p->align = align;
+    p->batch = batch; p->sa = stride_a; p->sb = stride_b; p->sc = stride_c;
     p->used = 1;
     cublasLtMatmulPreferenceDestroy(pref);
     pref = NULL;

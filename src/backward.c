@@ -167,7 +167,12 @@ static int vision_frozen(const vl_graph *g) {
 }
 
 int vl_graph_backward(vl_graph *g) {
+  double t0 = vl_graph_clock(g);
   VL_CALL(text_backward(g));
+  double t1 = vl_graph_clock(g);
   if (g->P > 0 && !vision_frozen(g)) VL_CALL(vision_backward(g));
+  double t2 = vl_graph_clock(g);
+  g->phase_s[3] += t1 - t0;
+  g->phase_s[4] += t2 - t1;
   return VL_OK;
 }

@@ -1,6 +1,7 @@
 /* forward: the model's forward pass over ops.h (see graph.h for the flow). */
 #include <math.h>
 #include <stdlib.h>
+#include <time.h>
 
 #include "err.h"
 #include "graph.h"
@@ -120,12 +121,23 @@ static int text_forward(vl_graph *g) {
   return VL_OK;
 }
 
+double vl_graph_clock(vl_graph *g) {
+  if (!g->profile) return 0.0;
+  g->ops->sync(g->ops);
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
 int vl_graph_forward(vl_graph *g, float loss_scale, double *loss_sum) {
   vl_ops *o = g->ops;
   const vl_model *m = g->m;
   const int T = g->T, H = m->cfg.text.hidden_size, V = m->cfg.text.vocab_size;
+  double t0 = vl_graph_clock(g);
   if (g->P > 0) VL_CALL(vision_forward(g));
+  double t1 = vl_graph_clock(g);
   VL_CALL(text_forward(g));
+  double t2 = vl_graph_clock(g);
   vl_t *dh = NULL, *dW = NULL;
   if (loss_scale != 0.0f) {
     VL_CALL(o->zero(o, g->d_xf, (size_t)T * H * o->elem_size));
@@ -134,6 +146,10 @@ int vl_graph_forward(vl_graph *g, float loss_scale, double *loss_sum) {
   }
   VL_CALL(o->lmhead_ce(o, g->loss, dh, dW, g->logits, g->xf, PARAM(m->lm_head), g->targets,
                        T, H, V, loss_scale));
+  double t3 = vl_graph_clock(g);
+  g->phase_s[0] += t1 - t0;
+  g->phase_s[1] += t2 - t1;
+  g->phase_s[2] += t3 - t2;
   float *host = NULL;
   VL_CALL(vl_malloc((void **)&host, (size_t)T * sizeof(float), "per-token loss"));
   int rc = o->get_raw(o, host, g->loss, (size_t)T * sizeof(float));

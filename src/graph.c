@@ -175,6 +175,7 @@ int vl_graph_create_padded(vl_graph *g, const vl_model *m, vl_ops *ops, int max_
   VL_CALL(ops->zero(ops, g->grads, pbytes));
   sizer s = {g, ops->elem_size, 0};
   VL_CALL(size_or_alloc(&s, want_logits));
+  g->profile = getenv("VL_PROFILE") && atoi(getenv("VL_PROFILE")) > 0;
   g->activation_bytes = s.bytes;
   return VL_OK;
 }

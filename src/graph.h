@@ -71,6 +71,10 @@ typedef struct {
   vl_t *d_visual;            /* (P/4, H) grad of merger output */
   vl_t *d_ds;                /* (n_deepstack, P/4, H) grads of DeepStack features */
   size_t activation_bytes;   /* what was allocated for the above */
+  /* VL_PROFILE=1: seconds per phase (synchronised), summed over calls:
+   * vision forward, text forward, loss, text backward, vision backward */
+  int profile;
+  double phase_s[5];
 } vl_graph;
 
 /* Allocates parameters, gradients and activations on the backend. */
@@ -90,6 +94,8 @@ int vl_graph_set_batch(vl_graph *g, const vl_batch *b);
  * hidden states and lm_head is formed here (fused with the loss) and
  * vl_graph_backward must follow. */
 int vl_graph_forward(vl_graph *g, float loss_scale, double *loss_sum);
+/* With g->profile: synchronises and returns a monotonic time in s; else 0. */
+double vl_graph_clock(vl_graph *g);
 /* Backward pass: accumulates (+=) into g->grads. */
 int vl_graph_backward(vl_graph *g);
 

@@ -292,6 +292,11 @@ int vl_train_run(const vl_config *cfg, const vl_model *m, vl_comm *comm, vl_ops 
     fflush(stdout);
   }
   if (comm->rank == 0 && tty) printf("\n");
+  if (t.g.profile && comm->rank == 0) {
+    const double *p = t.g.phase_s;
+    printf("profile (rank 0, s summed over %d steps): vision forward %.3f, text forward %.3f, "
+           "loss %.3f, text backward %.3f, vision backward %.3f\n", t.step, p[0], p[1], p[2], p[3], p[4]);
+  }
   int crc = vl_gradstats_close(t.stats);
   if (rc == VL_OK) rc = crc;
   vl_trainer_destroy(&t);

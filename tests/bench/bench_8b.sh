@@ -21,7 +21,7 @@ train: {micro_batch: 1, grad_accum: $accum, steps: $steps, warmup_steps: 0, lr: 
 run: {backend: cuda, out_dir: $out/run, resume: false, save_final: false, checkpoint_every: 0}
 EOY
 echo "== vltrain: $n GPU(s), accumulation $accum, $steps steps"
-VL_PROGRESS_BAR=0 NCCL_NVLS_ENABLE=0 mpirun -np "$n" --bind-to none -x NCCL_NVLS_ENABLE "$vltrain" "$out/bench.yaml" \
+VL_PROGRESS_BAR=0 NCCL_NVLS_ENABLE=0 mpirun -np "$n" --bind-to none -x NCCL_NVLS_ENABLE -x VL_PROFILE "$vltrain" "$out/bench.yaml" \
   2>&1 | tee "$out/vltrain.log" | grep -E "^step|memory|error|rank"
 # the last step (the first includes start-up)
 line=$(grep -E '^step [0-9]+/' "$out/vltrain.log" | tail -n 1)
