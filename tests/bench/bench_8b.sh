@@ -20,6 +20,7 @@ train: {micro_batch: 1, grad_accum: $accum, steps: $steps, warmup_steps: 0, lr: 
         synth_answer: 400, stats_every: 0, eval_samples: 0}
 run: {backend: cuda, out_dir: $out/run, resume: false, save_final: false, checkpoint_every: 0}
 EOY
+export VL_PROFILE=${VL_PROFILE:-0}
 echo "== vltrain: $n GPU(s), accumulation $accum, $steps steps"
 VL_PROGRESS_BAR=0 NCCL_NVLS_ENABLE=0 mpirun -np "$n" --bind-to none -x NCCL_NVLS_ENABLE -x VL_PROFILE "$vltrain" "$out/bench.yaml" \
   2>&1 | tee "$out/vltrain.log" | grep -E "^step|memory|error|rank"
