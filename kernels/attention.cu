@@ -258,26 +258,12 @@ __global__ void k_rows_softmax(bf16 *P, float *lse, const float *S, int nk, int 
   const float *s = S + (size_t)blockIdx.x * nk;
   bf16 *p = P + (size_t)blockIdx.x * nk;
   const int kend = causal ? min(nk, i - kb + 1) : nk;
-  __shared__ float red[32];
-  __shared__ float bc;
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nw = blockDim.x / 32;
   float mx = -INFINITY;
   for (int j = threadIdx.x; j < kend; j += blockDim.x) mx = fmaxf(mx, s[j]);
-  mx = vl_warp_max(mx);
-  if (lane == 0) red[warp] = mx;
-  __syncthreads();
-  if (threadIdx.x == 0) { float m = -INFINITY; for (int w = 0; w < nw; w++) m = fmaxf(m, red[w]); bc = m; }
-  __syncthreads();
-  mx = bc;
+  mx = vl_block_reduce<true>(mx);
   float sum = 0.0f;
   for (int j = threadIdx.x; j < kend; j += blockDim.x) sum += __expf(s[j] - mx);
-  sum = vl_warp_sum(sum);
-  __syncthreads();
-  if (lane == 0) red[warp] = sum;
-  __syncthreads();
-  if (threadIdx.x == 0) { float t = 0.0f; for (int w = 0; w < nw; w++) t += red[w]; bc = mx + logf(t); }
-  __syncthreads();
-  const float L = bc;
+  const float L = mx + logf(vl_block_reduce<false>(sum));
   for (int j = threadIdx.x; j < nk; j += blockDim.x) p[j] = F2B(j < kend ? __expf(s[j] - L) : 0.0f);
   if (threadIdx.x == 0) lse[i] = L;
 }

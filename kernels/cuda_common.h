@@ -69,6 +69,25 @@ __device__ __forceinline__ float vl_warp_max(float v) {
   return v;
 }
 
+/* Sum (MAX = false) or maximum over a block whose size is a multiple of 32;
+ * every thread gets the result.  Safe to call repeatedly in one kernel. */
+template <bool MAX>
+__device__ __forceinline__ float vl_block_reduce(float v) {
+  __shared__ float red[32];
+  __shared__ float result;
+  v = MAX ? vl_warp_max(v) : vl_warp_sum(v);
+  __syncthreads(); /* a previous call's readers are done with result */
+  if (threadIdx.x % 32 == 0) red[threadIdx.x / 32] = v;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    float r = red[0];
+    for (int w = 1; w < (int)blockDim.x / 32; w++) r = MAX ? fmaxf(r, red[w]) : r + red[w];
+    result = r;
+  }
+  __syncthreads();
+  return result;
+}
+
 /* fp32 column sums of an fp32 scratch added into a bf16 gradient: g += s */
 int vl_cuda_add_f32_to_bf16(vl_ops *o, bf16 *g, const float *s, size_t n);
 

@@ -11,34 +11,12 @@ __global__ void k_ce_rows(float *loss, bf16 *dlogits, const float *logits, const
                           int rows, int V, float scale) {
   const int r = blockIdx.x;
   const float *z = logits + (size_t)r * V;
-  __shared__ float red[32];
-  __shared__ float bcast;
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nw = blockDim.x / 32;
   float mx = -INFINITY;
   for (int v = threadIdx.x; v < V; v += blockDim.x) mx = fmaxf(mx, z[v]);
-  mx = vl_warp_max(mx);
-  if (lane == 0) red[warp] = mx;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    float m = -INFINITY;
-    for (int w = 0; w < nw; w++) m = fmaxf(m, red[w]);
-    bcast = m;
-  }
-  __syncthreads();
-  mx = bcast;
+  mx = vl_block_reduce<true>(mx);
   float s = 0.0f;
   for (int v = threadIdx.x; v < V; v += blockDim.x) s += __expf(z[v] - mx);
-  s = vl_warp_sum(s);
-  __syncthreads();
-  if (lane == 0) red[warp] = s;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    float t = 0.0f;
-    for (int w = 0; w < nw; w++) t += red[w];
-    bcast = mx + logf(t);
-  }
-  __syncthreads();
-  const float lse = bcast;
+  const float lse = mx + logf(vl_block_reduce<false>(s));
   const int tg = target[r];
   if (threadIdx.x == 0) loss[r] = tg >= 0 ? lse - z[tg] : 0.0f;
   if (!dlogits) return;

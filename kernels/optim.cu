@@ -4,24 +4,18 @@
 
 #include "cuda_common.h"
 
-__global__ void k_sumsq(double *out, const bf16 *x, size_t n) {
-  __shared__ float red[32];
+/* *out += sum of (a - b)^2, b NULL meaning 0: the sum of squares */
+__global__ void k_sumsq(double *out, const bf16 *a, const bf16 *b, size_t n) {
   float s = 0.0f;
   for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
-    float v = __bfloat162float(x[i]);
-    s += v * v;
+    float d = __bfloat162float(a[i]) - (b ? __bfloat162float(b[i]) : 0.0f);
+    s += d * d;
   }
-  s = vl_warp_sum(s);
-  if (threadIdx.x % 32 == 0) red[threadIdx.x / 32] = s;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    double t = 0.0;
-    for (int w = 0; w < (int)blockDim.x / 32; w++) t += red[w];
-    atomicAdd(out, t);
-  }
+  s = vl_block_reduce<false>(s);
+  if (threadIdx.x == 0) atomicAdd(out, (double)s);
 }
 
-static int cu_sumsq(vl_ops *o, const vl_t *x, size_t n, double *out) {
+static int sumsq_launch(vl_ops *o, const vl_t *a, const vl_t *b, size_t n, double *out) {
   vl_cuda_ctx *c = vl_ctx(o);
   double *d;
   VL_CALL(vl_cuda_scratch(o, VL_SCRATCH_B, sizeof(double), (void **)&d));
@@ -29,43 +23,19 @@ static int cu_sumsq(vl_ops *o, const vl_t *x, size_t n, double *out) {
   unsigned blocks = vl_blocks(n, 256);
   if (blocks > 4096) blocks = 4096;
   if (blocks == 0) blocks = 1;
-  k_sumsq<<<blocks, 256, 0, c->stream>>>(d, (const bf16 *)x, n);
+  k_sumsq<<<blocks, 256, 0, c->stream>>>(d, (const bf16 *)a, (const bf16 *)b, n);
   LAUNCH_CHECK("sumsq");
   CUDA_CHECK(cudaMemcpyAsync(out, d, sizeof(double), cudaMemcpyDeviceToHost, c->stream));
   CUDA_CHECK(cudaStreamSynchronize(c->stream));
   return VL_OK;
 }
 
-__global__ void k_diff_sumsq(double *out, const bf16 *a, const bf16 *b, size_t n) {
-  __shared__ float red[32];
-  float s = 0.0f;
-  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
-    float d = __bfloat162float(a[i]) - __bfloat162float(b[i]);
-    s += d * d;
-  }
-  s = vl_warp_sum(s);
-  if (threadIdx.x % 32 == 0) red[threadIdx.x / 32] = s;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    double t = 0.0;
-    for (int w = 0; w < (int)blockDim.x / 32; w++) t += red[w];
-    atomicAdd(out, t);
-  }
+static int cu_sumsq(vl_ops *o, const vl_t *x, size_t n, double *out) {
+  return sumsq_launch(o, x, NULL, n, out);
 }
 
 static int cu_diff_sumsq(vl_ops *o, const vl_t *a, const vl_t *b, size_t n, double *out) {
-  vl_cuda_ctx *c = vl_ctx(o);
-  double *d;
-  VL_CALL(vl_cuda_scratch(o, VL_SCRATCH_B, sizeof(double), (void **)&d));
-  CUDA_CHECK(cudaMemsetAsync(d, 0, sizeof(double), c->stream));
-  unsigned blocks = vl_blocks(n, 256);
-  if (blocks > 4096) blocks = 4096;
-  if (blocks == 0) blocks = 1;
-  k_diff_sumsq<<<blocks, 256, 0, c->stream>>>(d, (const bf16 *)a, (const bf16 *)b, n);
-  LAUNCH_CHECK("diff_sumsq");
-  CUDA_CHECK(cudaMemcpyAsync(out, d, sizeof(double), cudaMemcpyDeviceToHost, c->stream));
-  CUDA_CHECK(cudaStreamSynchronize(c->stream));
-  return VL_OK;
+  return sumsq_launch(o, a, b, n, out);
 }
 
 __global__ void k_adamw(float *master, float *m, float *v, const bf16 *grad, bf16 *param, size_t n,
