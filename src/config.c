@@ -1,6 +1,10 @@
 /* config: YAML (libyaml document API) -> vl_config through one key table.
- * Every key: dotted name, type, range, default, required; every error
- * "FILE:LINE: KEY: what was expected". */
+ *
+ * Owns the key table (every key: dotted name, type, range, default,
+ * required, help), `include:` chains (depth <= 8, cycles refused), defaults,
+ * cross-key rules, and every user-facing message in the exact form
+ * "FILE:LINE: KEY: what was expected".  Values are applied in load order
+ * (included file first, then the includer), so the includer overrides. */
 #include "config.h"
 
 #include <errno.h>
@@ -17,6 +21,8 @@
 #ifndef VL_INPUTS_DIR
 #define VL_INPUTS_DIR "inputs"
 #endif
+
+#define VL_CONFIG_MAX_INCLUDE 8 /* included files below the top-level one */
 
 typedef enum { K_INT, K_U64, K_DOUBLE, K_BOOL, K_STRING, K_ENUM, K_INTLIST } key_type;
 
@@ -111,15 +117,21 @@ static const key_desc keys[] = {
 };
 #define N_KEYS ((int)(sizeof keys / sizeof *keys))
 
-/* Where each key was last set, for cross-key errors and required checks. */
+/* Sections (dotted prefixes of keys) whose line in the top-level file is
+ * remembered, so a missing required key can point at its section. */
+#define MAX_SECTIONS 16
+
+/* Everything known while loading one top-level file. */
 typedef struct {
-  int set[N_KEYS];
-  const char *file[N_KEYS];
-  int line[N_KEYS];
-  char *files[16];  /* names of every file read (owned) */
-  int n_files;
-  const char *stack[16]; /* include chain, for cycles */
-  int depth;
+  int set[N_KEYS];           /* key i was given by some file */
+  const char *file[N_KEYS];  /* ... in this file (one of files[]) */
+  int line[N_KEYS];          /* ... at this line (1-based) */
+  char *files[VL_CONFIG_MAX_INCLUDE + 1];  /* display names of the files read (owned) */
+  char *canon[VL_CONFIG_MAX_INCLUDE + 1];  /* their real paths, for cycles (owned) */
+  int n_files;               /* = include depth + 1: one include per file */
+  char section[MAX_SECTIONS][256]; /* dotted section names */
+  int section_line[MAX_SECTIONS];
+  int n_sections;
   size_t text_len, text_cap;
 } load_state;
 
@@ -133,6 +145,7 @@ static int find_key(const char *name) {
   return -1;
 }
 
+/* 1 if `prefix` is a section: some key is "prefix.<rest>". */
 static int is_section(const char *prefix) {
   size_t n = strlen(prefix);
   for (int i = 0; i < N_KEYS; i++)
@@ -156,14 +169,32 @@ static int edit_distance(const char *a, const char *b) {
   return d[la][lb];
 }
 
-static int unknown_key(const char *file, int line, const char *name) {
-  int best = -1, bd = 4;
-  for (int i = 0; i < N_KEYS; i++) {
-    int dd = edit_distance(name, keys[i].name);
-    if (dd < bd) { bd = dd; best = i; }
+/* Candidate names for a suggestion: every key, every section, "include".
+ * A candidate is offered at edit distance <= 3, and for short names at
+ * most half their length (so "foo" does not suggest "run"). */
+static void consider(const char *name, const char *cand, int *best_d, char *best, size_t n) {
+  int d = edit_distance(name, cand);
+  if (d <= 3 && 2 * d <= (int)strlen(cand) && d < *best_d) {
+    *best_d = d;
+    snprintf(best, n, "%s", cand);
   }
-  if (best >= 0)
-    VL_ERROR(VL_EINVAL, "%s:%d: %s: unknown key (did you mean %s?)", file, line, name, keys[best].name);
+}
+
+static int unknown_key(const char *file, int line, const char *name) {
+  char best[64] = "";
+  int bd = 99;
+  consider(name, "include", &bd, best, sizeof best);
+  for (int i = 0; i < N_KEYS; i++) {
+    consider(name, keys[i].name, &bd, best, sizeof best);
+    char sec[64];
+    snprintf(sec, sizeof sec, "%s", keys[i].name);
+    for (char *dot = strrchr(sec, '.'); dot; dot = strrchr(sec, '.')) {
+      *dot = '\0';
+      consider(name, sec, &bd, best, sizeof best);
+    }
+  }
+  if (best[0])
+    VL_ERROR(VL_EINVAL, "%s:%d: %s: unknown key (did you mean %s?)", file, line, name, best);
   VL_ERROR(VL_EINVAL, "%s:%d: %s: unknown key (vltrain --help-config lists them)", file, line, name);
 }
 
@@ -181,48 +212,98 @@ static const char *type_text(const key_desc *k, char *buf, size_t n) {
     break;
   }
   case K_INTLIST:
-    if (k->min == k->max) snprintf(buf, n, "a list of %.0f integers", k->min);
-    else snprintf(buf, n, "a list of %.0f to %.0f integers", k->min, k->max);
+    if (k->min == k->max) snprintf(buf, n, "a list of %.0f non-negative integers", k->min);
+    else snprintf(buf, n, "a list of %.0f to %.0f non-negative integers", k->min, k->max);
     break;
   }
   return buf;
 }
 
+/* Plain decimal integers only: optional '-', digits (no '+', '_', 0x). */
 static int parse_long(const char *s, long long *v) {
-  char *end;
+  const char *p = s + (*s == '-');
+  if (!*p) return 0;
+  for (const char *q = p; *q; q++)
+    if (*q < '0' || *q > '9') return 0;
   errno = 0;
-  *v = strtoll(s, &end, 10);
-  return *s && !*end && !errno;
+  *v = strtoll(s, NULL, 10);
+  return !errno;
 }
 
-/* Sets key k from a node of doc. */
+static int parse_u64(const char *s, uint64_t *v) {
+  if (!*s) return 0;
+  for (const char *q = s; *q; q++)
+    if (*q < '0' || *q > '9') return 0;
+  errno = 0;
+  unsigned long long u = strtoull(s, NULL, 10);
+  *v = u;
+  return !errno;
+}
+
+/* Decimal numbers: [-+]digits[.digits][e[-+]digits], at least one digit
+ * before the exponent (1e-6, 5000000, 0.5, .5); no hex, inf or nan. */
+static int parse_double(const char *s, double *v) {
+  const char *p = s;
+  int digits = 0;
+  if (*p == '-' || *p == '+') p++;
+  while (*p >= '0' && *p <= '9') p++, digits++;
+  if (*p == '.') {
+    p++;
+    while (*p >= '0' && *p <= '9') p++, digits++;
+  }
+  if (!digits) return 0;
+  if (*p == 'e' || *p == 'E') {
+    p++;
+    if (*p == '-' || *p == '+') p++;
+    if (!(*p >= '0' && *p <= '9')) return 0;
+    while (*p >= '0' && *p <= '9') p++;
+  }
+  if (*p) return 0;
+  errno = 0;
+  *v = strtod(s, NULL);
+  return !errno && isfinite(*v);
+}
+
+static const char *node_kind(const yaml_node_t *nd) {
+  return nd->type == YAML_MAPPING_NODE ? "a mapping" : nd->type == YAML_SEQUENCE_NODE ? "a list" : "a scalar";
+}
+
+static int node_line(const yaml_node_t *nd) { return (int)nd->start_mark.line + 1; }
+
+/* Sets key k from node nd of doc; `file` names the file in messages. */
 static int set_value(vl_config *cfg, const key_desc *k, yaml_document_t *doc, yaml_node_t *nd,
                      const char *file) {
   char want[256];
-  const int line = (int)nd->start_mark.line + 1;
+  const int line = node_line(nd);
   char *base = (char *)cfg + k->offset;
   if (k->type == K_INTLIST) {
     if (nd->type != YAML_SEQUENCE_NODE)
-      VL_ERROR(VL_EINVAL, "%s:%d: %s: expected %s", file, line, k->name, type_text(k, want, sizeof want));
+      VL_ERROR(VL_EINVAL, "%s:%d: %s: expected %s, got %s", file, line, k->name,
+               type_text(k, want, sizeof want), node_kind(nd));
     int n = (int)(nd->data.sequence.items.top - nd->data.sequence.items.start);
     if (n < k->min || n > k->max)
-      VL_ERROR(VL_EINVAL, "%s:%d: %s: expected %s, got %d", file, line, k->name,
+      VL_ERROR(VL_EINVAL, "%s:%d: %s: expected %s, got %d entries", file, line, k->name,
                type_text(k, want, sizeof want), n);
+    int vals[VL_MAX_DEEPSTACK];
     for (int i = 0; i < n; i++) {
       yaml_node_t *it = yaml_document_get_node(doc, nd->data.sequence.items.start[i]);
       long long v;
-      if (!it || it->type != YAML_SCALAR_NODE || !parse_long((char *)it->data.scalar.value, &v) ||
-          v < 0 || v > INT_MAX)
-        VL_ERROR(VL_EINVAL, "%s:%d: %s: expected %s of non-negative integers", file, line,
-                 k->name, type_text(k, want, sizeof want));
-      ((int *)base)[i] = (int)v;
+      if (it->type != YAML_SCALAR_NODE)
+        VL_ERROR(VL_EINVAL, "%s:%d: %s: expected %s, got %s as entry %d", file, node_line(it),
+                 k->name, type_text(k, want, sizeof want), node_kind(it), i + 1);
+      const char *s = (const char *)it->data.scalar.value;
+      if (!parse_long(s, &v) || v < 0 || v > INT_MAX)
+        VL_ERROR(VL_EINVAL, "%s:%d: %s: expected %s, got '%s'", file, node_line(it), k->name,
+                 type_text(k, want, sizeof want), s);
+      vals[i] = (int)v;
     }
+    memcpy(base, vals, (size_t)n * sizeof(int));
     if (k->count_offset != SIZE_MAX) *(int *)((char *)cfg + k->count_offset) = n;
     return VL_OK;
   }
   if (nd->type != YAML_SCALAR_NODE)
-    VL_ERROR(VL_EINVAL, "%s:%d: %s: expected %s, got a %s", file, line, k->name,
-             type_text(k, want, sizeof want), nd->type == YAML_MAPPING_NODE ? "mapping" : "list");
+    VL_ERROR(VL_EINVAL, "%s:%d: %s: expected %s, got %s", file, line, k->name,
+             type_text(k, want, sizeof want), node_kind(nd));
   const char *s = (const char *)nd->data.scalar.value;
   switch (k->type) {
   case K_INT: {
@@ -234,30 +315,26 @@ static int set_value(vl_config *cfg, const key_desc *k, yaml_document_t *doc, ya
     break;
   }
   case K_U64: {
-    char *end;
-    errno = 0;
-    unsigned long long v = strtoull(s, &end, 10);
-    if (!*s || *end || errno || s[0] == '-')
+    uint64_t v;
+    if (!parse_u64(s, &v))
       VL_ERROR(VL_EINVAL, "%s:%d: %s: expected %s, got '%s'", file, line, k->name,
                type_text(k, want, sizeof want), s);
     *(uint64_t *)base = v;
     break;
   }
   case K_DOUBLE: {
-    char *end;
-    errno = 0;
-    double v = strtod(s, &end);
-    if (!*s || *end || errno || !isfinite(v) || v < k->min || v > k->max)
+    double v;
+    if (!parse_double(s, &v) || v < k->min || v > k->max)
       VL_ERROR(VL_EINVAL, "%s:%d: %s: expected %s, got '%s'", file, line, k->name,
                type_text(k, want, sizeof want), s);
     *(double *)base = v;
     break;
   }
   case K_BOOL: {
-    static const char *const yes[] = {"true", "yes", "on", "True", "TRUE"};
-    static const char *const no[] = {"false", "no", "off", "False", "FALSE"};
+    static const char *const yes[] = {"true", "yes", "on", "True", "TRUE", "Yes", "On"};
+    static const char *const no[] = {"false", "no", "off", "False", "FALSE", "No", "Off"};
     int v = -1;
-    for (int i = 0; i < 5; i++) {
+    for (size_t i = 0; i < sizeof yes / sizeof *yes; i++) {
       if (!strcmp(s, yes[i])) v = 1;
       if (!strcmp(s, no[i])) v = 0;
     }
@@ -288,48 +365,51 @@ static int set_value(vl_config *cfg, const key_desc *k, yaml_document_t *doc, ya
   return VL_OK;
 }
 
-static int load_file(vl_config *cfg, load_state *st, const char *path, const char *text,
-                     size_t len);
-
-static int resolve_include(char *out, size_t n, const char *from, const char *inc) {
-  if (inc[0] == '/') {
-    snprintf(out, n, "%s", inc);
-    return 0;
-  }
-  const char *slash = strrchr(from, '/');
-  if (slash) snprintf(out, n, "%.*s/%s", (int)(slash - from), from, inc);
-  else snprintf(out, n, "%s", inc);
-  FILE *f = fopen(out, "r");
-  if (f) { fclose(f); return 0; }
-  snprintf(out, n, "%s/%s", VL_INPUTS_DIR, inc);
-  f = fopen(out, "r");
-  if (f) { fclose(f); return 0; }
-  return -1;
-}
-
+/* Reads a whole file; returns 0 or an errno value (the caller words it). */
 static int read_whole(const char *path, char **text, size_t *len) {
   FILE *f = fopen(path, "rb");
-  if (!f) VL_ERROR(VL_EIO, "%s: cannot open: %s", path, strerror(errno));
+  if (!f) return errno ? errno : EIO;
   char *buf = NULL;
   size_t cap = 0, n = 0;
   for (;;) {
     if (n + 4096 > cap) {
       cap = cap ? 2 * cap : 8192;
       char *nb = realloc(buf, cap);
-      if (!nb) { free(buf); fclose(f); VL_ERROR(VL_ENOMEM, "%s: out of memory", path); }
+      if (!nb) { free(buf); fclose(f); return ENOMEM; }
       buf = nb;
     }
     size_t r = fread(buf + n, 1, cap - n - 1, f);
     n += r;
     if (r == 0) break;
   }
-  int bad = ferror(f);
+  int err = ferror(f) ? (errno ? errno : EIO) : 0;
   fclose(f);
-  if (bad) { free(buf); VL_ERROR(VL_EIO, "%s: read error", path); }
+  if (err) { free(buf); return err; }
   buf[n] = '\0';
   *text = buf;
   *len = n;
-  return VL_OK;
+  return 0;
+}
+
+static int file_exists(const char *path) {
+  FILE *f = fopen(path, "r");
+  if (f) fclose(f);
+  return f != NULL;
+}
+
+/* Resolves an include name: absolute as is; relative next to the
+ * including file, then in VL_INPUTS_DIR.  0 if found. */
+static int resolve_include(char *out, size_t n, const char *from, const char *inc) {
+  if (inc[0] == '/') {
+    snprintf(out, n, "%s", inc);
+    return file_exists(out) ? 0 : -1;
+  }
+  const char *slash = strrchr(from, '/');
+  if (slash) snprintf(out, n, "%.*s/%s", (int)(slash - from), from, inc);
+  else snprintf(out, n, "%s", inc);
+  if (file_exists(out)) return 0;
+  snprintf(out, n, "%s/%s", VL_INPUTS_DIR, inc);
+  return file_exists(out) ? 0 : -1;
 }
 
 static int append_text(vl_config *cfg, load_state *st, const char *path, const char *text,
@@ -338,7 +418,7 @@ static int append_text(vl_config *cfg, load_state *st, const char *path, const c
   if (need > st->text_cap) {
     size_t cap = need * 2;
     char *nt = realloc(cfg->text, cap);
-    if (!nt) VL_ERROR(VL_ENOMEM, "config text");
+    if (!nt) VL_ERROR(VL_ENOMEM, "config text: out of memory (%zu bytes)", cap);
     cfg->text = nt;
     st->text_cap = cap;
   }
@@ -352,33 +432,39 @@ static int append_text(vl_config *cfg, load_state *st, const char *path, const c
 
 /* Walks a mapping whose dotted prefix is `prefix` ("" at the top). */
 static int walk(vl_config *cfg, load_state *st, yaml_document_t *doc, yaml_node_t *map,
-                const char *prefix, const char *file) {
+                const char *prefix, const char *file, int top_file) {
   for (yaml_node_pair_t *p = map->data.mapping.pairs.start; p < map->data.mapping.pairs.top; p++) {
     yaml_node_t *kn = yaml_document_get_node(doc, p->key);
     yaml_node_t *vn = yaml_document_get_node(doc, p->value);
-    const int line = (int)kn->start_mark.line + 1;
+    const int line = node_line(kn);
     if (kn->type != YAML_SCALAR_NODE)
-      VL_ERROR(VL_EINVAL, "%s:%d: %s: keys must be plain names", file, line, *prefix ? prefix : "(top)");
+      VL_ERROR(VL_EINVAL, "%s:%d: %s: expected a plain key name, got %s", file, line,
+               *prefix ? prefix : "(top)", node_kind(kn));
+    const char *leaf = (const char *)kn->data.scalar.value;
     char name[256];
-    snprintf(name, sizeof name, "%s%s%s", prefix, *prefix ? "." : "", (char *)kn->data.scalar.value);
+    snprintf(name, sizeof name, "%s%s%s", prefix, *prefix ? "." : "", leaf);
     for (yaml_node_pair_t *q = map->data.mapping.pairs.start; q < p; q++) {
       yaml_node_t *qk = yaml_document_get_node(doc, q->key);
-      if (qk->type == YAML_SCALAR_NODE &&
-          !strcmp((char *)qk->data.scalar.value, (char *)kn->data.scalar.value))
+      if (qk->type == YAML_SCALAR_NODE && !strcmp((const char *)qk->data.scalar.value, leaf))
         VL_ERROR(VL_EINVAL, "%s:%d: %s: duplicate key (first at line %d)", file, line, name,
-                 (int)qk->start_mark.line + 1);
+                 node_line(qk));
     }
-    if (!*prefix && !strcmp(name, "include")) continue; /* handled before the walk */
+    if (!*prefix && !strcmp(name, "include")) continue; /* loaded before the walk */
     int k = find_key(name);
     if (k >= 0) {
       VL_CALL(set_value(cfg, &keys[k], doc, vn, file));
       st->set[k] = 1;
       st->file[k] = file;
-      st->line[k] = (int)vn->start_mark.line + 1;
+      st->line[k] = node_line(vn);
     } else if (is_section(name)) {
       if (vn->type != YAML_MAPPING_NODE)
-        VL_ERROR(VL_EINVAL, "%s:%d: %s: expected a mapping of keys", file, line, name);
-      VL_CALL(walk(cfg, st, doc, vn, name, file));
+        VL_ERROR(VL_EINVAL, "%s:%d: %s: expected a mapping of keys, got %s", file, line, name,
+                 node_kind(vn));
+      if (top_file && st->n_sections < MAX_SECTIONS) {
+        snprintf(st->section[st->n_sections], sizeof st->section[0], "%s", name);
+        st->section_line[st->n_sections++] = line;
+      }
+      VL_CALL(walk(cfg, st, doc, vn, name, file, top_file));
     } else {
       return unknown_key(file, line, name);
     }
@@ -386,26 +472,13 @@ static int walk(vl_config *cfg, load_state *st, yaml_document_t *doc, yaml_node_
   return VL_OK;
 }
 
-static int load_file(vl_config *cfg, load_state *st, const char *path, const char *text,
-                     size_t len) {
-  for (int i = 0; i < st->depth; i++)
-    if (!strcmp(st->stack[i], path))
-      VL_ERROR(VL_EINVAL, "%s:1: include: include cycle (%s includes itself through the chain)",
-               path, path);
-  if (st->depth >= 8 || st->n_files >= 16)
-    VL_ERROR(VL_EINVAL, "%s:1: include: includes nested deeper than 8 files", path);
-  char *owned = strdup(path);
-  if (!owned) VL_ERROR(VL_ENOMEM, "config");
-  st->files[st->n_files++] = owned;
-  const char *file = owned;
-  st->stack[st->depth++] = file;
-  VL_CALL(append_text(cfg, st, file, text, len));
-
+/* Parses one file's text (already read) into doc; YAML errors and a second
+ * document are user errors at libyaml's line. */
+static int parse_doc(yaml_document_t *doc, const char *file, const char *text, size_t len) {
   yaml_parser_t parser;
-  yaml_document_t doc;
-  if (!yaml_parser_initialize(&parser)) VL_ERROR(VL_ENOMEM, "libyaml parser");
+  if (!yaml_parser_initialize(&parser)) VL_ERROR(VL_ENOMEM, "libyaml parser: out of memory");
   yaml_parser_set_input_string(&parser, (const unsigned char *)text, len);
-  if (!yaml_parser_load(&parser, &doc)) {
+  if (!yaml_parser_load(&parser, doc)) {
     int line = (int)parser.problem_mark.line + 1;
     char problem[256];
     snprintf(problem, sizeof problem, "%s%s%s", parser.problem ? parser.problem : "syntax error",
@@ -413,44 +486,138 @@ static int load_file(vl_config *cfg, load_state *st, const char *path, const cha
     yaml_parser_delete(&parser);
     VL_ERROR(VL_EINVAL, "%s:%d: (yaml): %s", file, line, problem);
   }
-  yaml_parser_delete(&parser);
+  yaml_document_t extra;
   int rc = VL_OK;
-  yaml_node_t *root = yaml_document_get_root_node(&doc);
-  if (!root) goto done; /* empty file */
-  if (root->type != YAML_MAPPING_NODE)
-    VL_ERROR_GOTO(rc, done, VL_EINVAL, "%s:%d: (top): expected a mapping of sections (model, train, run, include)",
-                  file, (int)root->start_mark.line + 1);
-  for (yaml_node_pair_t *p = root->data.mapping.pairs.start; p < root->data.mapping.pairs.top; p++) {
-    yaml_node_t *kn = yaml_document_get_node(&doc, p->key);
-    yaml_node_t *vn = yaml_document_get_node(&doc, p->value);
-    if (kn->type != YAML_SCALAR_NODE || strcmp((char *)kn->data.scalar.value, "include")) continue;
-    int line = (int)vn->start_mark.line + 1;
-    if (vn->type != YAML_SCALAR_NODE)
-      VL_ERROR_GOTO(rc, done, VL_EINVAL, "%s:%d: include: expected a file name", file, line);
-    char inc[VL_PATH_MAX + 512];
-    const char *name = (const char *)vn->data.scalar.value;
-    if (resolve_include(inc, sizeof inc, file, name))
-      VL_ERROR_GOTO(rc, done, VL_EINVAL, "%s:%d: include: cannot find '%s' (looked next to %s and in %s)",
-                    file, line, name, file, VL_INPUTS_DIR);
-    char *itext;
-    size_t ilen;
-    VL_CALL_GOTO(rc, done, read_whole(inc, &itext, &ilen));
-    rc = load_file(cfg, st, inc, itext, ilen);
-    free(itext);
-    if (rc) goto done;
+  if (yaml_document_get_root_node(doc)) {
+    if (!yaml_parser_load(&parser, &extra)) {
+      rc = vl_err_raise(VL_EINVAL, __FILE__, __LINE__, __func__, "%s:%d: (yaml): %s", file,
+                        (int)parser.problem_mark.line + 1,
+                        parser.problem ? parser.problem : "syntax error");
+    } else {
+      yaml_node_t *r = yaml_document_get_root_node(&extra);
+      if (r)
+        rc = vl_err_raise(VL_EINVAL, __FILE__, __LINE__, __func__,
+                          "%s:%d: (yaml): expected one document per file, found a second",
+                          file, node_line(r));
+      yaml_document_delete(&extra);
+    }
   }
-  rc = walk(cfg, st, &doc, root, "", file);
-done:
-  yaml_document_delete(&doc);
-  st->depth--;
+  yaml_parser_delete(&parser);
+  if (rc) yaml_document_delete(doc);
   return rc;
 }
 
+static int load_file(vl_config *cfg, load_state *st, const char *text, size_t len);
+
+/* Loads the file named by an `include:` node of `file` (after the chain
+ * checks), recursively. */
+static int load_include(vl_config *cfg, load_state *st, const char *file, yaml_node_t *vn) {
+  const int line = node_line(vn);
+  if (vn->type != YAML_SCALAR_NODE || !vn->data.scalar.length)
+    VL_ERROR(VL_EINVAL, "%s:%d: include: expected a file name, got %s", file, line,
+             vn->type == YAML_SCALAR_NODE ? "nothing" : node_kind(vn));
+  const char *name = (const char *)vn->data.scalar.value;
+  char inc[VL_PATH_MAX + 512];
+  if (resolve_include(inc, sizeof inc, file, name)) {
+    if (name[0] == '/') VL_ERROR(VL_EINVAL, "%s:%d: include: cannot find '%s'", file, line, name);
+    VL_ERROR(VL_EINVAL, "%s:%d: include: cannot find '%s' (looked next to %s and in %s)", file,
+             line, name, file, VL_INPUTS_DIR);
+  }
+  char *canon = realpath(inc, NULL);
+  if (!canon) canon = strdup(inc);
+  if (!canon) VL_ERROR(VL_ENOMEM, "config: out of memory");
+  for (int i = 0; i < st->n_files; i++) {
+    if (strcmp(st->canon[i], canon)) continue;
+    char chain[4096];
+    size_t o = 0;
+    for (int j = i; j < st->n_files && o < sizeof chain; j++)
+      o += (size_t)snprintf(chain + o, sizeof chain - o, "%s -> ", st->files[j]);
+    free(canon);
+    VL_ERROR(VL_EINVAL, "%s:%d: include: include cycle (%s%s)", file, line, chain, inc);
+  }
+  if (st->n_files > VL_CONFIG_MAX_INCLUDE) {
+    free(canon);
+    VL_ERROR(VL_EINVAL, "%s:%d: include: expected includes nested at most %d deep", file, line,
+             VL_CONFIG_MAX_INCLUDE);
+  }
+  char *text;
+  size_t len;
+  int err = read_whole(inc, &text, &len);
+  if (err) {
+    free(canon);
+    VL_ERROR(VL_EINVAL, "%s:%d: include: cannot read '%s': %s", file, line, inc, strerror(err));
+  }
+  st->canon[st->n_files] = canon;
+  st->files[st->n_files] = strdup(inc);
+  st->n_files++;
+  int rc = st->files[st->n_files - 1] ? load_file(cfg, st, text, len)
+                                       : vl_err_raise(VL_ENOMEM, __FILE__, __LINE__, __func__,
+                                                      "config: out of memory");
+  free(text);
+  if (rc) return vl_err_trace(rc, __FILE__, __LINE__, __func__);
+  return VL_OK;
+}
+
+/* Loads the file st->files[st->n_files - 1] whose text is given: its
+ * include first, then its own keys over it. */
+static int load_file(vl_config *cfg, load_state *st, const char *text, size_t len) {
+  const int depth = st->n_files - 1;
+  const char *file = st->files[depth];
+  VL_CALL(append_text(cfg, st, file, text, len));
+  yaml_document_t doc;
+  VL_CALL(parse_doc(&doc, file, text, len));
+  int rc = VL_OK;
+  yaml_node_t *root = yaml_document_get_root_node(&doc);
+  if (!root) goto done; /* an empty file sets nothing */
+  if (root->type != YAML_MAPPING_NODE)
+    VL_ERROR_GOTO(rc, done, VL_EINVAL, "%s:%d: (top): expected a mapping of sections (model, train, run, include), got %s",
+                  file, node_line(root), node_kind(root));
+  /* the first include only: a second one is reported as a duplicate by walk */
+  for (yaml_node_pair_t *p = root->data.mapping.pairs.start; p < root->data.mapping.pairs.top; p++) {
+    yaml_node_t *kn = yaml_document_get_node(&doc, p->key);
+    if (kn->type != YAML_SCALAR_NODE || strcmp((const char *)kn->data.scalar.value, "include"))
+      continue;
+    VL_CALL_GOTO(rc, done, load_include(cfg, st, file, yaml_document_get_node(&doc, p->value)));
+    break;
+  }
+  VL_CALL_GOTO(rc, done, walk(cfg, st, &doc, root, "", file, depth == 0));
+done:
+  yaml_document_delete(&doc);
+  return rc;
+}
+
+/* Line of the innermost section of `key` seen in the top-level file, or 1. */
+static int section_line(const load_state *st, const char *key) {
+  int best = 1;
+  size_t best_len = 0;
+  for (int i = 0; i < st->n_sections; i++) {
+    size_t n = strlen(st->section[i]);
+    if (n > best_len && !strncmp(key, st->section[i], n) && key[n] == '.') {
+      best = st->section_line[i];
+      best_len = n;
+    }
+  }
+  return best;
+}
+
+static const char *where_file(const vl_config *c, const load_state *st, const char *key) {
+  int k = find_key(key);
+  return k >= 0 && st->set[k] ? st->file[k] : c->source;
+}
+
+static int where_line(const load_state *st, const char *key) {
+  int k = find_key(key);
+  return k >= 0 && st->set[k] ? st->line[k] : 1;
+}
+
+/* Cross-key rules, after every file and default is in. */
 static int check(const vl_config *c, const load_state *st) {
   for (int i = 0; i < N_KEYS; i++)
     if (keys[i].required && !st->set[i])
-      VL_ERROR(VL_EINVAL, "%s:1: %s: required key missing", c->source, keys[i].name);
-#define WHERE(key) st->file[find_key(key)], st->line[find_key(key)], key
+      VL_ERROR(VL_EINVAL, "%s:%d: %s: required key missing", c->source,
+               section_line(st, keys[i].name), keys[i].name);
+  /* where a key was set: its file and line, or the top-level file's line 1 */
+#define WHERE(key) where_file(c, st, key), where_line(st, key), key
   const vl_text_config *t = &c->model.text;
   const vl_vision_config *v = &c->model.vision;
   if (t->num_attention_heads % t->num_key_value_heads)
@@ -489,57 +656,76 @@ static int check(const vl_config *c, const load_state *st) {
     if (tv[i] >= t->vocab_size)
       VL_ERROR(VL_EINVAL, "%s:%d: %s: expected an id below vocab_size %d, got %d", WHERE(tk[i]),
                t->vocab_size, tv[i]);
-  if (c->model.family == VL_FAMILY_QWEN2_VL &&
-      (v->num_position_embeddings || v->n_deepstack))
-    VL_ERROR(VL_EINVAL, "%s:%d: %s: qwen2-vl has no learned position grid and no DeepStack",
+  if (c->model.family == VL_FAMILY_QWEN2_VL && (v->num_position_embeddings || v->n_deepstack))
+    VL_ERROR(VL_EINVAL, "%s:%d: %s: qwen2-vl has no learned position grid and no DeepStack "
+             "(expected num_position_embeddings 0 and deepstack_visual_indexes [])",
              WHERE("model.family"));
 #undef WHERE
   return VL_OK;
 }
 
-static int load_common(vl_config *cfg, const char *name, const char *text, size_t len) {
+/* Every default, through the same parser and checks as user values. */
+static int apply_defaults(vl_config *cfg) {
+  for (int i = 0; i < N_KEYS; i++) {
+    if (!keys[i].def) continue;
+    yaml_document_t d;
+    VL_CALL(parse_doc(&d, "(default)", keys[i].def, strlen(keys[i].def)));
+    yaml_node_t *nd = yaml_document_get_root_node(&d);
+    int rc = nd ? set_value(cfg, &keys[i], &d, nd, "(default)")
+                : vl_err_raise(VL_EINVAL, __FILE__, __LINE__, __func__,
+                               "(default): %s: empty default", keys[i].name);
+    yaml_document_delete(&d);
+    if (rc) return vl_err_trace(rc, __FILE__, __LINE__, __func__);
+  }
+  return VL_OK;
+}
+
+/* `name` is the top-level file's name; `canon` its real path (or NULL). */
+static int load_common(vl_config *cfg, const char *name, const char *canon, const char *text,
+                       size_t len) {
   memset(cfg, 0, sizeof *cfg);
   snprintf(cfg->source, sizeof cfg->source, "%s", name);
-  load_state st;
-  memset(&st, 0, sizeof st);
+  load_state *st = calloc(1, sizeof *st);
+  if (!st) VL_ERROR(VL_ENOMEM, "config: out of memory");
   int rc = VL_OK;
-  /* defaults, through the same parser */
-  for (int i = 0; i < N_KEYS && rc == VL_OK; i++) {
-    if (!keys[i].def) continue;
-    yaml_parser_t p;
-    yaml_document_t d;
-    yaml_parser_initialize(&p);
-    yaml_parser_set_input_string(&p, (const unsigned char *)keys[i].def, strlen(keys[i].def));
-    if (yaml_parser_load(&p, &d)) {
-      yaml_node_t *nd = yaml_document_get_root_node(&d);
-      if (nd) rc = set_value(cfg, &keys[i], &d, nd, "(default)");
-      yaml_document_delete(&d);
-    }
-    yaml_parser_delete(&p);
+  st->files[0] = strdup(name);
+  st->canon[0] = strdup(canon ? canon : name);
+  st->n_files = 1;
+  if (!st->files[0] || !st->canon[0])
+    VL_ERROR_GOTO(rc, done, VL_ENOMEM, "config: out of memory");
+  VL_CALL_GOTO(rc, done, apply_defaults(cfg));
+  VL_CALL_GOTO(rc, done, load_file(cfg, st, text, len));
+  VL_CALL_GOTO(rc, done, check(cfg, st));
+done:
+  for (int i = 0; i < st->n_files; i++) {
+    free(st->files[i]);
+    free(st->canon[i]);
   }
-  if (rc == VL_OK) rc = load_file(cfg, &st, name, text, len);
-  if (rc == VL_OK) rc = check(cfg, &st);
-  for (int i = 0; i < st.n_files; i++) free(st.files[i]);
+  free(st);
   if (rc != VL_OK) {
     free(cfg->text);
     cfg->text = NULL;
-    return vl_err_trace(rc, __FILE__, __LINE__, __func__);
   }
-  return VL_OK;
+  return rc;
 }
 
 int vl_config_load(vl_config *cfg, const char *path) {
   char *text;
   size_t len;
   memset(cfg, 0, sizeof *cfg);
-  VL_CALL(read_whole(path, &text, &len));
-  int rc = load_common(cfg, path, text, len);
+  int err = read_whole(path, &text, &len);
+  if (err) VL_ERROR(VL_EIO, "%s: cannot read the config: %s", path, strerror(err));
+  char *canon = realpath(path, NULL);
+  int rc = load_common(cfg, path, canon, text, len);
+  free(canon);
   free(text);
-  return rc;
+  if (rc) return vl_err_trace(rc, __FILE__, __LINE__, __func__);
+  return VL_OK;
 }
 
 int vl_config_load_string(vl_config *cfg, const char *yaml, const char *name) {
-  return load_common(cfg, name, yaml, strlen(yaml));
+  VL_CALL(load_common(cfg, name, NULL, yaml, strlen(yaml)));
+  return VL_OK;
 }
 
 void vl_config_free(vl_config *cfg) {
