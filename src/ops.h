@@ -22,6 +22,14 @@
  *
  * Shapes are given in comments as (rows, cols), row-major, contiguous.  All
  * ops return VL_OK or an error code with a message (err.h).
+ *
+ * Argument rules the CPU reference enforces (VL_EINVAL): hd even; nh a
+ * multiple of nkv; segment offsets ascending and within T; targets < V; in
+ * qk_norm_rope a NULL q_w means no norm at all (k_w ignored).  Attention
+ * rows outside every segment are left unwritten.  A second backward adds
+ * the same again bitwise, except embed_bag, rows_scatter with repeated
+ * indices and lmhead_ce's dW over several chunks (within 1e-7: the order of
+ * the additions differs).
  */
 #ifndef VL_OPS_H
 #define VL_OPS_H
