@@ -59,8 +59,10 @@ typedef struct {
   float *pos_w;           /* (P, 4) bilinear weights */
 } vl_batch;
 
-/* Builds the batch; checks that each sample's image-pad runs match its grids
- * (t*h*w / merge^2 tokens each) and that ids are < vocab_size. */
+/* Builds the batch; checks ids and labels (-100 or < vocab_size), grids, and
+ * that each image's pad run follows <|vision_start|> with t*h*w/merge^2
+ * tokens; VL_EINVAL naming the sample.  On failure *b is zeroed.
+ * n_samples may be 0.  Videos are refused for now. */
 int vl_batch_build(vl_batch *b, const vl_model_config *cfg,
                    const vl_sample *samples, int n_samples);
 void vl_batch_free(vl_batch *b);
