@@ -4,7 +4,9 @@
  * the dK/dV pass is key-major (a warp per key row), so no atomics.
  * Short segments: fp32 CUDA-core math, tiles of 32 keys; head_dim <= 128.
  * Segments of GEMM_PATH_MIN rows or more take the tensor-core path below
- * (VL_ATTENTION_GEMM=0/1 forces one path). */
+ * (VL_ATTENTION_GEMM=0/1 forces one path), as does any head_dim > 128.
+ * Rows outside [seg[0], seg[nseg]) are neither written nor given gradients
+ * (ops.h); dqkv NULL skips the backward. */
 #include <stdlib.h>
 
 #include "cuda_common.h"
@@ -36,7 +38,7 @@ __global__ void k_attn_fwd(bf16 *out, float *lse, const bf16 *qkv, const int32_t
   __shared__ float Kt[TILE][MAXD + 1], Vt[TILE][MAXD + 1], q[WARPS][MAXD];
   const int h = blockIdx.y, g = h / (nh / nkv), warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int W = (nh + 2 * nkv) * hd, i0 = blockIdx.x * WARPS, i = i0 + warp;
-  const bool active = i < T;
+  const bool active = i < T && i >= seg[0] && i < seg[nseg];
   int b = 0, e = 0, jend = 0;
   if (active) {
     int s = seg_of(seg, nseg, i);
@@ -111,7 +113,7 @@ __global__ void k_attn_dq(bf16 *dqkv, const bf16 *dout, const float *D, const fl
   __shared__ float Kt[TILE][MAXD + 1], Vt[TILE][MAXD + 1], q[WARPS][MAXD], dy[WARPS][MAXD];
   const int h = blockIdx.y, g = h / (nh / nkv), warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int W = (nh + 2 * nkv) * hd, i0 = blockIdx.x * WARPS, i = i0 + warp;
-  const bool active = i < T;
+  const bool active = i < T && i >= seg[0] && i < seg[nseg];
   int b = 0, jend = 0;
   float Li = 0.0f, Di = 0.0f;
   if (active) {
@@ -175,7 +177,7 @@ __global__ void k_attn_dkv(bf16 *dqkv, const bf16 *dout, const float *D, const f
   __shared__ float Lt[TILE], Dt[TILE];
   const int g = blockIdx.y, grp = nh / nkv, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int W = (nh + 2 * nkv) * hd, j0b = blockIdx.x * WARPS, j = j0b + warp;
-  const bool active = j < T;
+  const bool active = j < T && j >= seg[0] && j < seg[nseg];
   int e = 0;
   if (active) {
     e = seg[seg_of(seg, nseg, j) + 1];
@@ -371,8 +373,27 @@ static int attn_gemm_backward(vl_ops *o, bf16 *dqkv, const bf16 *dout, const flo
   return VL_OK;
 }
 
-/* Segments long enough for the GEMM path (host offsets). */
-static int any_long(const int32_t *seg_host, int nseg) {
+/* The CPU backend's checks of shapes and host offsets (ops.h). */
+static int check_att(const char *op, const int32_t *seg, const int32_t *seg_host, int nseg, int T,
+                     int nh, int nkv, int hd) {
+  if (T < 0 || nh <= 0 || nkv <= 0 || hd <= 0 || nh % nkv || nseg < 0 || !seg_host ||
+      (nseg > 0 && !seg))
+    VL_ERROR(VL_EINVAL, "%s: bad shape T=%d nh=%d nkv=%d hd=%d nseg=%d (nh must be a "
+             "multiple of nkv; seg and seg_host are required)", op, T, nh, nkv, hd, nseg);
+  if (seg_host[0] < 0) VL_ERROR(VL_EINVAL, "%s: segment offset 0 is %d", op, seg_host[0]);
+  for (int s = 0; s < nseg; s++)
+    if (seg_host[s + 1] < seg_host[s] || seg_host[s + 1] > T)
+      VL_ERROR(VL_EINVAL, "%s: segment %d spans rows %d..%d, outside 0..%d or reversed", op, s,
+               seg_host[s], seg_host[s + 1], T);
+  return VL_OK;
+}
+
+/* The tensor-core path: forced by VL_ATTENTION_GEMM=0/1, else taken when a
+ * segment is long; always for head_dim > MAXD (the CUDA-core kernels' limit). */
+static int use_gemm_path(const int32_t *seg_host, int nseg, int hd) {
+  if (hd > MAXD) return 1;
+  const char *env = getenv("VL_ATTENTION_GEMM");
+  if (env) return atoi(env);
   for (int s = 0; s < nseg; s++)
     if (seg_host[s + 1] - seg_host[s] >= GEMM_PATH_MIN) return 1;
   return 0;
@@ -381,13 +402,14 @@ static int any_long(const int32_t *seg_host, int nseg) {
 static int cu_attn_forward(vl_ops *o, vl_t *out, float *lse, const vl_t *qkv, const int32_t *seg,
                            const int32_t *seg_host, int nseg, int T, int nh, int nkv, int hd,
                            float scale, int causal) {
-  if (getenv("VL_ATTENTION_GEMM") ? atoi(getenv("VL_ATTENTION_GEMM")) : any_long(seg_host, nseg)) {
+  VL_CALL(check_att("attention_forward", seg, seg_host, nseg, T, nh, nkv, hd));
+  if (T == 0 || nseg == 0) return VL_OK;
+  if (use_gemm_path(seg_host, nseg, hd)) {
     for (int s = 0; s < nseg; s++)
       VL_CALL(attn_gemm_forward(o, (bf16 *)out, lse, (const bf16 *)qkv, seg_host[s], seg_host[s + 1],
                                 T, nh, nkv, hd, scale, causal));
     return VL_OK;
   }
-  if (hd > MAXD) VL_ERROR(VL_ENOTSUP, "attention: head_dim %d > %d", hd, (int)MAXD);
   dim3 grid(vl_blocks((size_t)T, WARPS), (unsigned)nh);
   k_attn_fwd<<<grid, WARPS * 32, 0, vl_ctx(o)->stream>>>((bf16 *)out, lse, (const bf16 *)qkv, seg,
                                                          nseg, T, nh, nkv, hd, scale, causal);
@@ -399,13 +421,14 @@ static int cu_attn_backward(vl_ops *o, vl_t *dqkv, const vl_t *dout, const vl_t 
                             const float *lse, const vl_t *qkv, const int32_t *seg,
                             const int32_t *seg_host, int nseg, int T, int nh, int nkv, int hd,
                             float scale, int causal) {
-  if (hd > MAXD) VL_ERROR(VL_ENOTSUP, "attention: head_dim %d > %d", hd, (int)MAXD);
+  VL_CALL(check_att("attention_backward", seg, seg_host, nseg, T, nh, nkv, hd));
+  if (T == 0 || nseg == 0 || !dqkv) return VL_OK;
   vl_cuda_ctx *c = vl_ctx(o);
   float *D;
   VL_CALL(vl_cuda_scratch(o, VL_SCRATCH_B, (size_t)T * nh * sizeof(float), (void **)&D));
   k_attn_D<<<vl_blocks((size_t)T * nh, WARPS), WARPS * 32, 0, c->stream>>>(D, (const bf16 *)dout, (const bf16 *)out, T, nh, hd);
   LAUNCH_CHECK("attention_D");
-  if (getenv("VL_ATTENTION_GEMM") ? atoi(getenv("VL_ATTENTION_GEMM")) : any_long(seg_host, nseg)) {
+  if (use_gemm_path(seg_host, nseg, hd)) {
     for (int s = 0; s < nseg; s++)
       VL_CALL(attn_gemm_backward(o, (bf16 *)dqkv, (const bf16 *)dout, lse, D, (const bf16 *)qkv,
                                  seg_host[s], seg_host[s + 1], T, nh, nkv, hd, scale, causal));

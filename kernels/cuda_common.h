@@ -56,8 +56,10 @@ enum { VL_SCRATCH_A = 0, VL_SCRATCH_B = 1, VL_SCRATCH_C = 2 };
 /* A device buffer of at least `bytes` for transient use inside one op. */
 int vl_cuda_scratch(vl_ops *o, int which, size_t bytes, void **out);
 
+/* Blocks of `threads` covering n items; at least one, so that an op called on
+ * zero items launches a valid (empty) grid: every kernel bounds-checks. */
 static inline unsigned vl_blocks(size_t n, unsigned threads) {
-  return (unsigned)((n + threads - 1) / threads);
+  return n ? (unsigned)((n + threads - 1) / threads) : 1u;
 }
 
 __device__ __forceinline__ float vl_warp_sum(float v) {

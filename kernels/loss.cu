@@ -1,6 +1,9 @@
 /* loss: lm_head + cross-entropy in row chunks — fp32 logits of a chunk from
  * cuBLASLt, a row kernel for log-sum-exp, loss and scale*(softmax - onehot)
- * in bf16, then the two gradient GEMMs.  (T, V) logits never exist. */
+ * in bf16, then the two gradient GEMMs.  (T, V) logits never exist.
+ * Targets live on the device, so one >= V (VL_EINVAL on the CPU) is not
+ * reported without a sync: its row's loss is NaN (the trainer's non-finite
+ * check catches it) and its gradient row is zero. */
 #include "cuda_common.h"
 
 #define B2F(x) __bfloat162float(x)
@@ -18,17 +21,21 @@ __global__ void k_ce_rows(float *loss, bf16 *dlogits, const float *logits, const
   for (int v = threadIdx.x; v < V; v += blockDim.x) s += __expf(z[v] - mx);
   const float lse = mx + logf(vl_block_reduce<false>(s));
   const int tg = target[r];
-  if (threadIdx.x == 0) loss[r] = tg >= 0 ? lse - z[tg] : 0.0f;
+  const bool ok = tg >= 0 && tg < V;
+  if (threadIdx.x == 0) loss[r] = ok ? lse - z[tg] : tg < 0 ? 0.0f : __int_as_float(0x7fc00000);
   if (!dlogits) return;
   bf16 *d = dlogits + (size_t)r * V;
   for (int v = threadIdx.x; v < V; v += blockDim.x) {
-    float g = tg >= 0 ? scale * (__expf(z[v] - lse) - (v == tg ? 1.0f : 0.0f)) : 0.0f;
+    float g = ok ? scale * (__expf(z[v] - lse) - (v == tg ? 1.0f : 0.0f)) : 0.0f;
     d[v] = F2B(g);
   }
 }
 
 static int cu_lmhead_ce(vl_ops *o, float *loss, vl_t *dh, vl_t *dW, float *logits_out, const vl_t *h,
                         const vl_t *W, const int32_t *target, int T, int H, int V, float scale) {
+  if (T < 0 || H <= 0 || V <= 0)
+    VL_ERROR(VL_EINVAL, "lmhead_ce: bad shape T=%d H=%d V=%d", T, H, V);
+  if (T == 0) return VL_OK;
   vl_cuda_ctx *c = vl_ctx(o);
   const int chunk = T < CHUNK ? T : CHUNK;
   float *z;

@@ -1,5 +1,6 @@
 /* norm: LayerNorm and RMSNorm, one warp per row; weight gradients as fp32
- * column sums over blocks of rows (atomics into scratch), then added. */
+ * column sums over blocks of rows (atomics into scratch), then added.
+ * M = 0 rows is a no-op; C must be positive (as the CPU backend). */
 #include "cuda_common.h"
 
 #define B2F(x) __bfloat162float(x)
@@ -61,6 +62,11 @@ __global__ void k_norm_wgrad(float *dw, float *db, const bf16 *dout, const bf16 
   if (db) atomicAdd(&db[k], sb);
 }
 
+static int check_norm(const char *op, int M, int C) {
+  if (M < 0 || C <= 0) VL_ERROR(VL_EINVAL, "%s: bad shape M=%d C=%d", op, M, C);
+  return VL_OK;
+}
+
 static int wgrad(vl_ops *o, vl_t *dw, vl_t *db, const vl_t *dout, const vl_t *in,
                  const float *mean, const float *rstd, int M, int C) {
   vl_cuda_ctx *c = vl_ctx(o);
@@ -79,6 +85,8 @@ static int wgrad(vl_ops *o, vl_t *dw, vl_t *db, const vl_t *dout, const vl_t *in
 
 static int cu_ln_forward(vl_ops *o, vl_t *out, float *mean, float *rstd, const vl_t *in,
                          const vl_t *w, const vl_t *b, int M, int C, float eps) {
+  VL_CALL(check_norm("layernorm_forward", M, C));
+  if (M == 0) return VL_OK;
   k_ln_fwd<<<vl_blocks((size_t)M, WARPS), WARPS * 32, 0, vl_ctx(o)->stream>>>(
       (bf16 *)out, mean, rstd, (const bf16 *)in, (const bf16 *)w, (const bf16 *)b, M, C, eps);
   LAUNCH_CHECK("layernorm_forward");
@@ -87,6 +95,8 @@ static int cu_ln_forward(vl_ops *o, vl_t *out, float *mean, float *rstd, const v
 static int cu_ln_backward(vl_ops *o, vl_t *din, vl_t *dw, vl_t *db, const vl_t *dout,
                           const vl_t *in, const vl_t *w, const float *mean, const float *rstd,
                           int M, int C) {
+  VL_CALL(check_norm("layernorm_backward", M, C));
+  if (M == 0) return VL_OK;
   if (din) {
     k_ln_bwd_rows<<<vl_blocks((size_t)M, WARPS), WARPS * 32, 0, vl_ctx(o)->stream>>>(
         (bf16 *)din, (const bf16 *)dout, (const bf16 *)in, (const bf16 *)w, mean, rstd, M, C);
@@ -122,6 +132,8 @@ __global__ void k_rms_bwd_rows(bf16 *din, const bf16 *dout, const bf16 *in, cons
 }
 static int cu_rms_forward(vl_ops *o, vl_t *out, float *rstd, const vl_t *in, const vl_t *w,
                           int M, int C, float eps) {
+  VL_CALL(check_norm("rmsnorm_forward", M, C));
+  if (M == 0) return VL_OK;
   k_rms_fwd<<<vl_blocks((size_t)M, WARPS), WARPS * 32, 0, vl_ctx(o)->stream>>>(
       (bf16 *)out, rstd, (const bf16 *)in, (const bf16 *)w, M, C, eps);
   LAUNCH_CHECK("rmsnorm_forward");
@@ -129,6 +141,8 @@ static int cu_rms_forward(vl_ops *o, vl_t *out, float *rstd, const vl_t *in, con
 }
 static int cu_rms_backward(vl_ops *o, vl_t *din, vl_t *dw, const vl_t *dout, const vl_t *in,
                            const vl_t *w, const float *rstd, int M, int C) {
+  VL_CALL(check_norm("rmsnorm_backward", M, C));
+  if (M == 0) return VL_OK;
   if (din) {
     k_rms_bwd_rows<<<vl_blocks((size_t)M, WARPS), WARPS * 32, 0, vl_ctx(o)->stream>>>(
         (bf16 *)din, (const bf16 *)dout, (const bf16 *)in, (const bf16 *)w, rstd, M, C);

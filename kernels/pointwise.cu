@@ -50,12 +50,21 @@ __global__ void k_act_bwd(bf16 *din, const bf16 *dout, const bf16 *in, size_t n,
   size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
   if (i < n) din[i] = F2B(B2F(din[i]) + B2F(dout[i]) * act_g(B2F(in[i]), act));
 }
+static int check_act(vl_act_kind act) {
+  if (act != VL_ACT_GELU_TANH && act != VL_ACT_GELU_ERF && act != VL_ACT_QUICK_GELU &&
+      act != VL_ACT_SILU)
+    VL_ERROR(VL_EINVAL, "activation: unknown kind %d", (int)act);
+  return VL_OK;
+}
 static int cu_act_forward(vl_ops *o, vl_t *out, const vl_t *in, size_t n, vl_act_kind act) {
+  VL_CALL(check_act(act));
   k_act_fwd<<<vl_blocks(n, TPB), TPB, 0, vl_ctx(o)->stream>>>((bf16 *)out, (const bf16 *)in, n, (int)act);
   LAUNCH_CHECK("act_forward");
   return VL_OK;
 }
 static int cu_act_backward(vl_ops *o, vl_t *din, const vl_t *dout, const vl_t *in, size_t n, vl_act_kind act) {
+  VL_CALL(check_act(act));
+  if (!din) return VL_OK; /* NULL gradient: not needed (ops.h) */
   k_act_bwd<<<vl_blocks(n, TPB), TPB, 0, vl_ctx(o)->stream>>>((bf16 *)din, (const bf16 *)dout, (const bf16 *)in, n, (int)act);
   LAUNCH_CHECK("act_backward");
   return VL_OK;
@@ -83,6 +92,7 @@ static int cu_swiglu_forward(vl_ops *o, vl_t *out, const vl_t *gu, int M, int I)
   return VL_OK;
 }
 static int cu_swiglu_backward(vl_ops *o, vl_t *dgu, const vl_t *dout, const vl_t *gu, int M, int I) {
+  if (!dgu) return VL_OK;
   k_swiglu_bwd<<<vl_blocks((size_t)M * I, TPB), TPB, 0, vl_ctx(o)->stream>>>((bf16 *)dgu, (const bf16 *)dout, (const bf16 *)gu, M, I);
   LAUNCH_CHECK("swiglu_backward");
   return VL_OK;
@@ -158,6 +168,7 @@ __global__ void k_max_index(int *mx, const int32_t *idx, size_t n) {
   if (i < n) atomicMax(mx, idx[i]);
 }
 static int cu_bag_backward(vl_ops *o, vl_t *dtable, const vl_t *dout, const int32_t *idx, const float *w, int n, int K, int C) {
+  if (!dtable || n <= 0) return VL_OK;
   vl_cuda_ctx *c = vl_ctx(o);
   int *mx, rows = 0;
   VL_CALL(vl_cuda_scratch(o, VL_SCRATCH_B, sizeof(int), (void **)&mx));

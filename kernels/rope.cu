@@ -1,5 +1,6 @@
 /* rope: per-head RMSNorm (optional) + rotate-half RoPE on packed q|k|v rows,
- * one block per row, one warp per head. */
+ * one block per row, one warp per head.  hd even and <= MAX_HD; T = 0 is a
+ * no-op; dqkv NULL still gives the norm weights' gradients. */
 #include "cuda_common.h"
 
 #define B2F(x) __bfloat162float(x)
@@ -37,7 +38,7 @@ __global__ void k_qk_fwd(bf16 *out, float *rstd, const bf16 *qkv, const bf16 *qw
     orow[(size_t)nqk * hd + k] = row[(size_t)nqk * hd + k];
 }
 
-/* dw: fp32 scratch (2, hd): q then k */
+/* dw: fp32 scratch (2, hd): q then k; dqkv may be NULL */
 __global__ void k_qk_bwd(bf16 *dqkv, float *dw, const bf16 *dout, const bf16 *qkv, const bf16 *qw,
                          const bf16 *kw, const float *rstd, const float *cosv, const float *sinv,
                          int T, int nh, int nkv, int hd) {
@@ -61,24 +62,40 @@ __global__ void k_qk_bwd(bf16 *dqkv, float *dw, const bf16 *dout, const bf16 *qk
       a = vl_warp_sum(a) / hd;
       for (int k = lane; k < hd; k += 32) {
         float xv = B2F(x[k]);
-        dx[k] = F2B(B2F(dx[k]) + r * (dn[warp][k] * B2F(w[k]) - xv * r * a));
+        if (dqkv) dx[k] = F2B(B2F(dx[k]) + r * (dn[warp][k] * B2F(w[k]) - xv * r * a));
         if (dw) atomicAdd(&dw[(h < nh ? 0 : hd) + k], dn[warp][k] * xv * r);
       }
-    } else {
+    } else if (dqkv) {
       for (int k = lane; k < hd; k += 32) dx[k] = F2B(B2F(dx[k]) + dn[warp][k]);
     }
     __syncwarp();
   }
+  if (!dqkv) return;
   for (int k = threadIdx.x; k < nkv * hd; k += blockDim.x) {
     size_t i = (size_t)t * W + (size_t)nqk * hd + k;
     dqkv[i] = F2B(B2F(dqkv[i]) + B2F(dout[i]));
   }
 }
 
+/* The CPU backend's checks (ops.h), plus the kernels' head_dim limit.  As
+ * there, the norms are used when q_w is given (k_w alone is ignored). */
+static int check_qk(const char *op, const vl_t *qw, const vl_t *kw, const float *rstd, int T,
+                    int nh, int nkv, int hd) {
+  if (T < 0 || nh < 0 || nkv < 0 || hd <= 0 || hd % 2)
+    VL_ERROR(VL_EINVAL, "%s: bad shape T=%d nh=%d nkv=%d hd=%d (hd must be even)", op, T, nh,
+             nkv, hd);
+  if (qw && (!kw || !rstd))
+    VL_ERROR(VL_EINVAL, "%s: with q_w given, k_w and rstd are needed too", op);
+  if (hd > MAX_HD) VL_ERROR(VL_ENOTSUP, "%s: head_dim %d > %d", op, hd, MAX_HD);
+  return VL_OK;
+}
+
 static int cu_qk_forward(vl_ops *o, vl_t *out, float *rstd, const vl_t *qkv, const vl_t *qw,
                          const vl_t *kw, const float *cosv, const float *sinv, int T, int nh,
                          int nkv, int hd, float eps) {
-  if (hd > MAX_HD) VL_ERROR(VL_ENOTSUP, "qk_norm_rope: head_dim %d > %d", hd, MAX_HD);
+  VL_CALL(check_qk("qk_norm_rope_forward", qw, kw, rstd, T, nh, nkv, hd));
+  if (T == 0) return VL_OK;
+  if (!qw) kw = NULL;
   k_qk_fwd<<<T, WARPS * 32, 0, vl_ctx(o)->stream>>>((bf16 *)out, rstd, (const bf16 *)qkv,
                                                     (const bf16 *)qw, (const bf16 *)kw, cosv, sinv,
                                                     T, nh, nkv, hd, eps);
@@ -88,7 +105,9 @@ static int cu_qk_forward(vl_ops *o, vl_t *out, float *rstd, const vl_t *qkv, con
 static int cu_qk_backward(vl_ops *o, vl_t *dqkv, vl_t *dqw, vl_t *dkw, const vl_t *dout,
                           const vl_t *qkv, const vl_t *qw, const vl_t *kw, const float *rstd,
                           const float *cosv, const float *sinv, int T, int nh, int nkv, int hd) {
-  if (hd > MAX_HD) VL_ERROR(VL_ENOTSUP, "qk_norm_rope: head_dim %d > %d", hd, MAX_HD);
+  VL_CALL(check_qk("qk_norm_rope_backward", qw, kw, rstd, T, nh, nkv, hd));
+  if (T == 0 || (!dqkv && !dqw && !dkw)) return VL_OK;
+  if (!qw) kw = NULL;
   vl_cuda_ctx *c = vl_ctx(o);
   float *dw = NULL;
   if (qw && (dqw || dkw)) {

@@ -27,9 +27,12 @@
  * multiple of nkv; segment offsets ascending and within T; targets < V; in
  * qk_norm_rope a NULL q_w means no norm at all (k_w ignored).  Attention
  * rows outside every segment are left unwritten.  A second backward adds
- * the same again bitwise, except embed_bag, rows_scatter with repeated
- * indices and lmhead_ce's dW over several chunks (within 1e-7: the order of
- * the additions differs).
+ * the same again bitwise on the CPU, except embed_bag, rows_scatter with
+ * repeated indices and lmhead_ce's dW over several chunks (within 1e-7); the
+ * CUDA backend uses atomics for weight gradients and is not bitwise
+ * repeatable.  rows_scatter(=) with repeated indices: which row wins is
+ * unspecified.  CUDA: a target >= V gives that row a NaN loss (caught by the
+ * trainer's non-finite check) instead of VL_EINVAL.
  */
 #ifndef VL_OPS_H
 #define VL_OPS_H

@@ -2,8 +2,11 @@
  * the same bf16-rounded random inputs (GPU outputs poisoned with NaN first,
  * gradients pre-filled with the same random values to check +=), relative
  * error ||gpu - cpu|| / ||cpu|| < 1e-2 for bf16 tensors and < 2e-3 for the
- * fp32 statistics; plus the whole tiny model's loss and gradients.  Skips
- * (77) without a GPU. */
+ * fp32 statistics; the memory ops (bf16 round-to-nearest-even conversion
+ * bit for bit), the optimizer ops, NULL gradients, zero sizes, rows outside
+ * every attention segment, argument errors; plus the whole tiny model's
+ * loss and gradients.  Skips (77) only when the build has no CUDA backend or
+ * no GPU is visible; any other failure to create the backend fails. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -86,6 +89,17 @@ static void test_matmul(int M, int K, int N) {
   BOTH(cpu->matmul_backward(cpu, dx.c, dw.c, db.c, dy.c, x.c, w.c, M, K, N), gpu->matmul_backward(gpu, dx.g, dw.g, db.g, dy.g, x.g, w.g, M, K, N));
   e = mx(mx(cmp("matmul_backward", "dinp", &dx, 1e-2), cmp("matmul_backward", "dW", &dw, 1e-2)), cmp("matmul_backward", "dbias", &db, 1e-2));
   report("matmul_backward", shape, e, last_ms);
+  if ((size_t)M * K * N <= 1000000) {
+    poison(&y);
+    BOTH(cpu->matmul_forward(cpu, y.c, x.c, w.c, NULL, M, K, N, 0), gpu->matmul_forward(gpu, y.g, x.g, w.g, NULL, M, K, N, 0));
+    e = cmp("matmul_forward", "out (no bias)", &y, 1e-2);
+    /* NULL gradients are skipped: dinp alone, then dW and dbias alone */
+    BOTH(cpu->matmul_backward(cpu, dx.c, NULL, NULL, dy.c, x.c, w.c, M, K, N), gpu->matmul_backward(gpu, dx.g, NULL, NULL, dy.g, x.g, w.g, M, K, N));
+    e = mx(e, cmp("matmul_backward", "dinp (dW, dbias NULL)", &dx, 1e-2));
+    BOTH(cpu->matmul_backward(cpu, NULL, dw.c, db.c, dy.c, x.c, w.c, M, K, N), gpu->matmul_backward(gpu, NULL, dw.g, db.g, dy.g, x.g, w.g, M, K, N));
+    e = mx(e, mx(cmp("matmul_backward", "dW (dinp NULL)", &dw, 1e-2), cmp("matmul_backward", "dbias (dinp NULL)", &db, 1e-2)));
+    report("matmul (no bias, NULL grads)", shape, e, last_ms);
+  }
   drop(&x); drop(&w); drop(&b); drop(&y); drop(&dy); drop(&dx); drop(&dw); drop(&db);
 }
 
@@ -122,12 +136,24 @@ static void test_pointwise(void) {
   e = mx(e, cmp("rows_scatter", "dst (+=, repeats)", &tab, 1e-2));
   BOTH(cpu->rows_zero(cpu, tab.c, ix.c, 4, 64), gpu->rows_zero(gpu, tab.g, ix.g, 4, 64));
   e = mx(e, cmp("rows_zero", "dst", &tab, 1e-2));
+  BOTH(cpu->rows_gather(cpu, g.c, tab.c, ix.c, 12, 64, 1), gpu->rows_gather(gpu, g.g, tab.g, ix.g, 12, 64, 1));
+  e = mx(e, cmp("rows_gather", "dst (+=)", &g, 1e-2));
+  int32_t uidx[6] = {4, 9, 0, 2, 7, 5}; /* = with repeats is unspecified: distinct rows */
+  buf ux = mk_idx(6, uidx);
+  BOTH(cpu->rows_scatter(cpu, tab.c, g.c, ux.c, 6, 64, 0), gpu->rows_scatter(gpu, tab.g, g.g, ux.g, 6, 64, 0));
+  e = mx(e, cmp("rows_scatter", "dst (=)", &tab, 1e-2));
+  drop(&ux);
   report("rows gather/scatter/zero", "12x64", e, last_ms);
   int32_t bidx[24];
   for (int i = 0; i < 24; i++) bidx[i] = (int32_t)(vl_rng_next(&rng) % 10);
   buf bi = mk_idx(24, bidx), bw = mk(24, 0.5f, 1), out = mk(6 * 64, 1, 0), dtab = mk(10 * 64, 1, 0);
   BOTH(cpu->embed_bag_forward(cpu, out.c, tab.c, bi.c, bw.c, 6, 4, 64, 1), gpu->embed_bag_forward(gpu, out.g, tab.g, bi.g, bw.g, 6, 4, 64, 1));
-  e = cmp("embed_bag_forward", "out", &out, 1e-2);
+  e = cmp("embed_bag_forward", "out (+=)", &out, 1e-2);
+  buf out0 = mk(6 * 64, 1, 0);
+  poison(&out0);
+  BOTH(cpu->embed_bag_forward(cpu, out0.c, tab.c, bi.c, bw.c, 6, 4, 64, 0), gpu->embed_bag_forward(gpu, out0.g, tab.g, bi.g, bw.g, 6, 4, 64, 0));
+  e = mx(e, cmp("embed_bag_forward", "out (=)", &out0, 1e-2));
+  drop(&out0);
   BOTH(cpu->embed_bag_backward(cpu, dtab.c, out.c, bi.c, bw.c, 6, 4, 64), gpu->embed_bag_backward(gpu, dtab.g, out.g, bi.g, bw.g, 6, 4, 64));
   report("embed_bag", "6x4x64", mx(e, cmp("embed_bag_backward", "dtable", &dtab, 1e-2)), last_ms);
 }
@@ -174,6 +200,14 @@ static void test_rope(int T, int nh, int nkv, int hd, int norms) {
   e = cmp("qk_norm_rope_backward", "dqkv", &dx, 1e-2);
   if (norms) e = mx(e, mx(cmp("qk_norm_rope_backward", "dq_w", &dqw, 1e-2), cmp("qk_norm_rope_backward", "dk_w", &dkw, 1e-2)));
   report("qk_norm_rope_backward", shape, e, last_ms);
+  if (norms) {
+    BOTH(cpu->qk_norm_rope_backward(cpu, NULL, dqw.c, dkw.c, dy.c, qkv.c, qw.c, kw.c, rstd.c, cs.c, sn.c, T, nh, nkv, hd),
+         gpu->qk_norm_rope_backward(gpu, NULL, dqw.g, dkw.g, dy.g, qkv.g, qw.g, kw.g, rstd.g, cs.g, sn.g, T, nh, nkv, hd));
+    e = mx(cmp("qk_norm_rope_backward", "dq_w (dqkv NULL)", &dqw, 1e-2), cmp("qk_norm_rope_backward", "dk_w (dqkv NULL)", &dkw, 1e-2));
+    report("qk_norm_rope_backward", "(dqkv NULL)", e, last_ms);
+  }
+  drop(&qkv); drop(&out); drop(&qw); drop(&kw); drop(&rstd); drop(&cs); drop(&sn);
+  drop(&dy); drop(&dx); drop(&dqw); drop(&dkw);
   free(c); free(s);
 }
 
@@ -201,6 +235,32 @@ static void test_attention(int T, int nseg, int nh, int nkv, int hd, int causal)
        gpu->attention_backward(gpu, dx.g, dy.g, out.g, lse.g, qkv.g, sg.g, seg, nseg, T, nh, nkv, hd, sc, causal));
   report("attention_backward", shape, cmp("attention_backward", "dqkv", &dx, 1e-2), last_ms);
   free(o_h); free(l_h);
+  drop(&sg); drop(&qkv); drop(&out); drop(&lse); drop(&dy); drop(&dx);
+}
+
+/* Segments that leave rows uncovered (before seg[0], after seg[nseg]) and an
+ * empty segment: those rows are neither written nor given gradients, so
+ * outputs and gradients start equal (same random values) on both sides. */
+static void test_attention_partial(int gemm_path) {
+  const int T = 37, nseg = 3, nh = 4, nkv = 2, hd = 16, causal = !gemm_path;
+  int32_t seg[4] = {5, 20, 20, 33};
+  char shape[80];
+  snprintf(shape, sizeof shape, "T37 rows 5..32 %s %s", causal ? "causal" : "bidir", gemm_path ? "gemm" : "cores");
+  setenv("VL_ATTENTION_GEMM", gemm_path ? "1" : "0", 1);
+  buf sg = mk_idx(nseg + 1, seg);
+  const size_t W = (size_t)(nh + 2 * nkv) * hd;
+  buf qkv = mk(T * W, 1, 0), out = mk((size_t)T * nh * hd, 1, 0), lse = mk((size_t)nh * T, 1, 1);
+  const float sc = 1.0f / sqrtf((float)hd);
+  BOTH(cpu->attention_forward(cpu, out.c, lse.c, qkv.c, sg.c, seg, nseg, T, nh, nkv, hd, sc, causal),
+       gpu->attention_forward(gpu, out.g, lse.g, qkv.g, sg.g, seg, nseg, T, nh, nkv, hd, sc, causal));
+  double e = mx(cmp("attention_forward", "out (partial cover)", &out, 1e-2), cmp("attention_forward", "lse (partial cover)", &lse, 2e-3));
+  buf dy = mk((size_t)T * nh * hd, 1, 0), dx = mk(T * W, 1, 0);
+  BOTH(cpu->attention_backward(cpu, dx.c, dy.c, out.c, lse.c, qkv.c, sg.c, seg, nseg, T, nh, nkv, hd, sc, causal),
+       gpu->attention_backward(gpu, dx.g, dy.g, out.g, lse.g, qkv.g, sg.g, seg, nseg, T, nh, nkv, hd, sc, causal));
+  e = mx(e, cmp("attention_backward", "dqkv (partial cover)", &dx, 1e-2));
+  report("attention (partial cover)", shape, e, last_ms);
+  unsetenv("VL_ATTENTION_GEMM");
+  drop(&sg); drop(&qkv); drop(&out); drop(&lse); drop(&dy); drop(&dx);
 }
 
 static void test_loss(int T, int H, int V) {
@@ -214,12 +274,194 @@ static void test_loss(int T, int H, int V) {
        gpu->lmhead_ce(gpu, loss.g, dh.g, dW.g, NULL, h.g, W.g, tgt.g, T, H, V, 0.01f));
   double e = mx(cmp("lmhead_ce", "loss", &loss, 2e-3), mx(cmp("lmhead_ce", "dh", &dh, 1e-2), cmp("lmhead_ce", "dW", &dW, 1e-2)));
   report("lmhead_ce", shape, e, last_ms);
+  if ((size_t)T * V <= 8000000) { /* logits_out (T, V) and the forward alone */
+    buf z = mk((size_t)T * V, 1, 1);
+    poison(&z); poison(&loss);
+    BOTH(cpu->lmhead_ce(cpu, loss.c, NULL, NULL, z.c, h.c, W.c, tgt.c, T, H, V, 0.01f),
+         gpu->lmhead_ce(gpu, loss.g, NULL, NULL, z.g, h.g, W.g, tgt.g, T, H, V, 0.01f));
+    e = mx(cmp("lmhead_ce", "loss (no grads)", &loss, 2e-3), cmp("lmhead_ce", "logits_out", &z, 2e-3));
+    report("lmhead_ce (logits, no grads)", shape, e, last_ms);
+    drop(&z);
+  }
+  drop(&tgt); drop(&h); drop(&W); drop(&loss); drop(&dh); drop(&dW);
   free(tg);
 }
 
+/* A target >= V cannot be reported from the device without a sync: its
+ * row's loss is NaN (caught by the trainer's non-finite check), its
+ * gradient zero, and the other rows are unaffected. */
+static void test_loss_bad_target(void) {
+  const int T = 5, H = 32, V = 100;
+  int32_t tg[5] = {3, 100, -100, 7, 99};
+  buf tgt = mk_idx(T, tg), h = mk((size_t)T * H, 1, 0), W = mk((size_t)V * H, 0.05f, 0);
+  buf loss = mk(T, 1, 1), dh = mk((size_t)T * H, 0, 0), dW = mk((size_t)V * H, 0, 0);
+  int rc = gpu->lmhead_ce(gpu, loss.g, dh.g, dW.g, NULL, h.g, W.g, tgt.g, T, H, V, 1.0f);
+  CHECK(rc == VL_OK, "lmhead_ce with a target >= V: %s", vl_err_last());
+  float l[5], d[5 * 32];
+  gpu->get_raw(gpu, l, loss.g, sizeof l);
+  gpu->get(gpu, d, dh.g, (size_t)T * H);
+  CHECK(isnan(l[1]) && isfinite(l[0]) && l[2] == 0.0f && isfinite(l[3]) && isfinite(l[4]),
+        "lmhead_ce losses with a bad target: %g %g %g %g %g", l[0], l[1], l[2], l[3], l[4]);
+  int bad = 0;
+  for (int i = 0; i < T * H; i++) bad += !isfinite(d[i]) || ((i / H == 1 || i / H == 2) && d[i] != 0.0f);
+  CHECK(bad == 0, "lmhead_ce dh with a bad target: %d elements not finite or not zero", bad);
+  printf("%-26s %-28s NaN loss, zero gradient row\n", "lmhead_ce (target >= V)", "T5 H32 V100");
+  drop(&tgt); drop(&h); drop(&W); drop(&loss); drop(&dh); drop(&dW);
+}
+
+/* put/get round to nearest even exactly as the safetensors converter; zero,
+ * copy, the raw transfers, mem_info, and a failing alloc's message. */
+static void test_memory(void) {
+  const size_t n = 100003;
+  float *x = malloc(n * 4), *y = malloc(n * 4);
+  const float special[] = {0.0f, -0.0f, 1.0f, 1.00390625f /* tie: 1 + 2^-8 */, 1.01171875f /* tie: 1 + 3 * 2^-8 */,
+                           -1.00390625f, 3.3895314e38f, 1e-40f /* subnormal */, -2.5e-39f, INFINITY, -INFINITY,
+                           65504.0f, 1.0f / 3.0f, 1e30f, -7.0e-30f};
+  const size_t ns = sizeof special / sizeof special[0];
+  for (size_t i = 0; i < n; i++)
+    x[i] = i < ns ? special[i] : ldexpf(vl_rng_normal(&rng), (int)(vl_rng_next(&rng) % 80) - 40);
+  void *d, *d2;
+  CHECK(gpu->alloc(gpu, &d, n * 2, "round trip") == VL_OK && gpu->alloc(gpu, &d2, n * 2, "copy") == VL_OK, "alloc: %s", vl_err_last());
+  CHECK(gpu->put(gpu, d, x, n) == VL_OK && gpu->get(gpu, y, d, n) == VL_OK, "put/get: %s", vl_err_last());
+  size_t bad = 0;
+  for (size_t i = 0; i < n; i++) {
+    float want = vl_f32_from_bf16(vl_bf16_from_f32(x[i]));
+    if (memcmp(&want, &y[i], 4) != 0 && !(isnan(want) && isnan(y[i]))) {
+      if (bad < 5) fprintf(stderr, "  put/get of %.9g gave %.9g, want %.9g\n", x[i], y[i], want);
+      bad++;
+    }
+  }
+  CHECK(bad == 0, "put/get: %zu of %zu values not rounded to nearest even bf16", bad, n);
+  /* zero a middle range, copy, read back */
+  CHECK(gpu->zero(gpu, (char *)d + 200, 2000) == VL_OK, "zero: %s", vl_err_last());
+  CHECK(gpu->copy(gpu, d2, d, n * 2) == VL_OK, "copy: %s", vl_err_last());
+  CHECK(gpu->get(gpu, y, d2, n) == VL_OK, "get: %s", vl_err_last());
+  bad = 0;
+  for (size_t i = 0; i < n; i++) {
+    float want = i >= 100 && i < 1100 ? 0.0f : vl_f32_from_bf16(vl_bf16_from_f32(x[i]));
+    bad += memcmp(&want, &y[i], 4) != 0 && !(isnan(want) && isnan(y[i]));
+  }
+  CHECK(bad == 0, "zero/copy: %zu values wrong", bad);
+  int32_t iv[257], ib[257];
+  for (int i = 0; i < 257; i++) iv[i] = (int32_t)(vl_rng_next(&rng) & 0x7fffffff) - (1 << 30);
+  CHECK(gpu->put_raw(gpu, d, iv, sizeof iv) == VL_OK && gpu->get_raw(gpu, ib, d, sizeof ib) == VL_OK, "raw: %s", vl_err_last());
+  CHECK(memcmp(iv, ib, sizeof iv) == 0, "put_raw/get_raw changed the bytes");
+  CHECK(gpu->put(gpu, d, x, 0) == VL_OK && gpu->get(gpu, y, d, 0) == VL_OK, "put/get of 0 elements: %s", vl_err_last());
+  size_t fr = 0, tot = 0;
+  CHECK(gpu->mem_info(gpu, &fr, &tot) == VL_OK && tot > 0 && fr <= tot, "mem_info: free %zu total %zu", fr, tot);
+  gpu->free(gpu, d); gpu->free(gpu, d2);
+  void *huge = NULL;
+  vl_err_set_quiet(1);
+  int rc = gpu->alloc(gpu, &huge, (size_t)1 << 50, "a test's impossible buffer");
+  vl_err_set_quiet(0);
+  CHECK(rc == VL_ENOMEM && huge == NULL && strstr(vl_err_last(), "a test's impossible buffer") && strstr(vl_err_last(), "GiB free"),
+        "alloc of 1 PiB: rc %d, message \"%s\"", rc, vl_err_last());
+  CHECK(gpu->sync(gpu) == VL_OK, "sync after a failed alloc: %s", vl_err_last());
+  printf("%-26s %-28s put/get bf16 RNE exact, zero, copy, raw, mem_info %.1f/%.1f GiB\n", "memory", "100003",
+         fr / 1073741824.0, tot / 1073741824.0);
+  free(x); free(y);
+}
+
+/* sumsq, diff_sumsq and three AdamW steps on the same shard */
+static void test_optim(size_t n) {
+  char shape[32]; snprintf(shape, sizeof shape, "%zu", n);
+  buf a = mk(n, 1, 0), b = mk(n, 1, 0);
+  double sc = 0, sg = 0, dc = 0, dg = 0;
+  BOTH(cpu->sumsq(cpu, a.c, n, &sc), gpu->sumsq(gpu, a.g, n, &sg));
+  BOTH(cpu->diff_sumsq(cpu, a.c, b.c, n, &dc), gpu->diff_sumsq(gpu, a.g, b.g, n, &dg));
+  double e = mx(fabs(sg - sc) / sc, fabs(dg - dc) / dc);
+  CHECK(e < 1e-5, "sumsq %.9g vs %.9g, diff_sumsq %.9g vs %.9g", sg, sc, dg, dc);
+  report("sumsq, diff_sumsq", shape, e, last_ms);
+  buf master = mk(n, 1, 1), m = mk(n, 0.01f, 1), v = mk(n, 0.01f, 1), p = mk(n, 1, 0);
+  for (size_t i = 0; i < n; i++) v.h[i] = v.h[i] * v.h[i]; /* second moments are >= 0 */
+  cpu->put_raw(cpu, v.c, v.h, n * 4); gpu->put_raw(gpu, v.g, v.h, n * 4);
+  poison(&p);
+  e = 0;
+  for (int t = 1; t <= 3; t++) {
+    BOTH(cpu->adamw(cpu, master.c, m.c, v.c, a.c, p.c, n, 1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, 0.5f, t),
+         gpu->adamw(gpu, master.g, m.g, v.g, a.g, p.g, n, 1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, 0.5f, t));
+  }
+  e = mx(mx(cmp("adamw", "master", &master, 1e-5), cmp("adamw", "m", &m, 1e-5)), mx(cmp("adamw", "v", &v, 1e-5), cmp("adamw", "param", &p, 1e-2)));
+  report("adamw (3 steps)", shape, e, last_ms);
+  drop(&a); drop(&b); drop(&master); drop(&m); drop(&v); drop(&p);
+}
+
+/* Every op on zero rows / elements succeeds and launches nothing invalid. */
+static void test_zero_sizes(void) {
+  buf x = mk(64, 1, 0), f = mk(64, 1, 1);
+  int32_t z[2] = {0, 0};
+  buf ix = mk_idx(2, z);
+  void *g = x.g;
+  float *fg = f.g;
+  const int32_t *ig = ix.g;
+  double s = -1;
+  int rc = 0, k = 0;
+#define Z(call) do { int r_ = (call); k++; if (r_ != VL_OK) { rc = r_; fprintf(stderr, "  zero size: %s failed: %s\n", #call, vl_err_last()); } } while (0)
+  Z(gpu->add(gpu, g, g, g, 0));
+  Z(gpu->act_forward(gpu, g, g, 0, VL_ACT_SILU));
+  Z(gpu->act_backward(gpu, g, g, g, 0, VL_ACT_GELU_TANH));
+  Z(gpu->swiglu_forward(gpu, g, g, 0, 8));
+  Z(gpu->swiglu_backward(gpu, g, g, g, 0, 8));
+  Z(gpu->rows_gather(gpu, g, g, ig, 0, 8, 1));
+  Z(gpu->rows_scatter(gpu, g, g, ig, 0, 8, 1));
+  Z(gpu->rows_scatter(gpu, g, g, ig, 0, 8, 0));
+  Z(gpu->rows_zero(gpu, g, ig, 0, 8));
+  Z(gpu->embed_bag_forward(gpu, g, g, ig, fg, 0, 4, 8, 0));
+  Z(gpu->embed_bag_backward(gpu, g, g, ig, fg, 0, 4, 8));
+  Z(gpu->layernorm_forward(gpu, g, fg, fg, g, g, g, 0, 8, 1e-6f));
+  Z(gpu->layernorm_backward(gpu, g, g, g, g, g, g, fg, fg, 0, 8));
+  Z(gpu->rmsnorm_forward(gpu, g, fg, g, g, 0, 8, 1e-6f));
+  Z(gpu->rmsnorm_backward(gpu, g, g, g, g, g, fg, 0, 8));
+  Z(gpu->qk_norm_rope_forward(gpu, g, fg, g, g, g, fg, fg, 0, 2, 1, 8, 1e-6f));
+  Z(gpu->qk_norm_rope_backward(gpu, g, g, g, g, g, g, g, fg, fg, fg, 0, 2, 1, 8));
+  Z(gpu->attention_forward(gpu, g, fg, g, ig, z, 0, 0, 2, 1, 8, 1.0f, 1));
+  Z(gpu->attention_backward(gpu, g, g, g, fg, g, ig, z, 0, 0, 2, 1, 8, 1.0f, 1));
+  Z(gpu->lmhead_ce(gpu, fg, g, g, NULL, g, g, ig, 0, 8, 8, 1.0f));
+  Z(gpu->sumsq(gpu, g, 0, &s));
+  Z(gpu->adamw(gpu, fg, fg, fg, g, g, 0, 1e-3f, 0.9f, 0.95f, 1e-8f, 0.0f, 1.0f, 1));
+#undef Z
+  CHECK(rc == VL_OK && s == 0.0, "zero-size calls: last failure %d, sumsq of nothing %g", rc, s);
+  CHECK(gpu->sync(gpu) == VL_OK, "sync after zero-size calls: %s", vl_err_last());
+  printf("%-26s %-28s %d ops return VL_OK\n", "zero sizes", "n = 0", k);
+  drop(&x); drop(&f); drop(&ix);
+}
+
+/* Bad arguments are VL_EINVAL with a message, on both backends alike. */
+static void test_bad_args(void) {
+  buf x = mk(4096, 1, 0), f = mk(4096, 1, 1);
+  int32_t seg[3] = {0, 10, 8};
+  buf sg = mk_idx(3, seg);
+  vl_err_set_quiet(1);
+  int r1 = gpu->attention_forward(gpu, x.g, f.g, x.g, sg.g, seg, 1, 10, 3, 2, 8, 1.0f, 1); /* nh % nkv */
+  int r2 = gpu->attention_forward(gpu, x.g, f.g, x.g, sg.g, seg, 2, 10, 2, 1, 8, 1.0f, 1); /* reversed */
+  int r3 = gpu->qk_norm_rope_forward(gpu, x.g, f.g, x.g, NULL, NULL, f.g, f.g, 4, 2, 1, 7, 1e-6f); /* odd hd */
+  int r4 = gpu->act_forward(gpu, x.g, x.g, 16, (vl_act_kind)99);
+  int r5 = gpu->layernorm_forward(gpu, x.g, f.g, f.g, x.g, x.g, NULL, 4, 0, 1e-6f);
+  int r6 = gpu->lmhead_ce(gpu, f.g, NULL, NULL, NULL, x.g, x.g, (const int32_t *)sg.g, 2, 8, 0, 1.0f);
+  vl_err_set_quiet(0);
+  CHECK(r1 == VL_EINVAL && r2 == VL_EINVAL && r3 == VL_EINVAL && r4 == VL_EINVAL && r5 == VL_EINVAL && r6 == VL_EINVAL,
+        "bad arguments: %d %d %d %d %d %d (want %d)", r1, r2, r3, r4, r5, r6, VL_EINVAL);
+  CHECK(gpu->sync(gpu) == VL_OK, "sync after bad arguments: %s", vl_err_last());
+  printf("%-26s %-28s VL_EINVAL\n", "bad arguments", "6 calls");
+  drop(&x); drop(&f); drop(&sg);
+}
+
 int main(void) {
-  if (vl_ops_cuda_create(&gpu, 0) != VL_OK) TEST_SKIP("no CUDA backend here: %s", vl_err_last());
+  vl_err_set_quiet(1);
+  int rc = vl_ops_cuda_create(&gpu, 0);
+  vl_err_set_quiet(0);
+  if (rc == VL_ENOTSUP || (rc != VL_OK && strstr(vl_err_last(), "no CUDA device visible")))
+    TEST_SKIP("%s", vl_err_last());
+  if (rc != VL_OK) {
+    fprintf(stderr, "FAIL: a GPU is visible but the CUDA backend cannot start: %s\n", vl_err_last());
+    return 1;
+  }
   if (vl_ops_cpu_create(&cpu) != VL_OK) return 1;
+  test_memory();
+  test_zero_sizes();
+  test_bad_args();
+  test_optim(10007);
+  test_optim(3000017);
   test_matmul(37, 64, 48);
   test_matmul(512, 1152, 4304);
   test_pointwise();
@@ -242,12 +484,20 @@ int main(void) {
   test_attention(1024, 1, 32, 8, 128, 1);
   unsetenv("VL_ATTENTION_GEMM");
   test_attention(4096, 2, 16, 16, 72, 0);
+  test_attention(1000, 3, 16, 8, 128, 1);
+  test_attention(1000, 3, 16, 16, 72, 0);
+  test_attention(64, 2, 2, 1, 256, 1); /* head_dim > 128: the GEMM path */
+  test_attention_partial(0);
+  test_attention_partial(1);
+  test_rope(37, 2, 1, 256, 1);
   test_loss(37, 32, 384);
+  test_loss(1100, 64, 5003); /* more rows than one chunk (1,024) */
   test_loss(300, 256, 151936);
+  test_loss_bad_target();
   /* the whole tiny model on the GPU against transformers (float64 reference):
    * bf16 weights and activations, so bf16-level limits */
   parity_result r;
-  int rc = parity_run(gpu, &r);
+  rc = parity_run(gpu, &r);
   CHECK(rc == VL_OK, "GPU parity run: %s", vl_err_last());
   if (rc == VL_OK) {
     CHECK(r.loss < 1e-2, "GPU loss vs transformers: relative error %.3e", r.loss);
