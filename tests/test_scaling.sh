@@ -7,16 +7,7 @@ export OMPI_MCA_rmaps_base_oversubscribe=1 OMP_NUM_THREADS=1
 dir=$(mktemp -d /tmp/vl_scaling_XXXXXX)
 trap 'rm -rf "$dir"' EXIT
 cat > "$dir/micro.yaml" <<EOY
-model:
-  family: qwen3-vl
-  text: {vocab_size: 96, hidden_size: 16, intermediate_size: 24, num_hidden_layers: 2,
-         num_attention_heads: 2, num_key_value_heads: 1, head_dim: 8, rope_theta: 10000,
-         mrope_section: [2, 1, 1]}
-  vision: {depth: 1, hidden_size: 16, intermediate_size: 24, num_heads: 2, patch_size: 2,
-           spatial_merge_size: 2, out_hidden_size: 16, num_position_embeddings: 16}
-  tokens: {image_token_id: 92, video_token_id: 93, vision_start_token_id: 90, vision_end_token_id: 91}
-train: {max_seq_len: 96, max_vision_patches: 64}
-run: {backend: cpu}
+include: $VL_SRCDIR/tests/data/micro.yaml
 EOY
 VLTRAIN="$VL_BUILDDIR/src/vltrain" LAUNCHER="$MPIRUN --oversubscribe -np" \
   "$VL_SRCDIR/jobscripts/scaling-study.sh" --config "$dir/micro.yaml" --ranks "1 2" --mode both \
