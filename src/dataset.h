@@ -1,0 +1,132 @@
+/* dataset: the HDF5 training-data file (dataset.h5) that vlprep writes and
+ * every rank reads, and the sampler that walks it.
+ *
+ * Owns: the file format (below), writing it (append samples, then commit:
+ * temporary name, flush, rename), reading it (random access to samples,
+ * provenance checks against the model config), the seeded per-epoch shuffle,
+ * and a background prefetch thread.
+ * Does not own: tokenization, chat templates, image decoding or resizing
+ * (vlprep, chat, image), building the micro-batch (batch).
+ *
+ * Format (format_version 1).  One group per split, "/train" and optionally
+ * "/val"; in each group:
+ *   tokens          int32  (n_tokens)       token ids of every sample, concatenated
+ *   loss_mask       uint8  (n_tokens)       1 = supervised (assistant content + <|im_end|>)
+ *   sample_offsets  int64  (n_samples + 1)  sample i = tokens[off[i] .. off[i+1])
+ *   image_offsets   int64  (n_samples + 1)  sample i has images img_off[i] .. img_off[i+1]
+ *   image_grid_thw  int32  (n_images, 3)    the processor's image_grid_thw
+ *   image_hw        int32  (n_images, 2)    resized height, width (pixels)
+ *   pixel_offsets   int64  (n_images + 1)   image j = pixels[po[j] .. po[j+1]), h*w*3 bytes
+ *   pixels          uint8  (n_pixel_bytes)  RGB after smart_resize + bicubic, row-major
+ * The 1-D datasets are chunked and deflate-compressed (pixels, tokens,
+ * loss_mask).  Root attributes (provenance):
+ *   format = "vltrain-dataset", format_version = 1, family ("qwen3-vl" |
+ *   "qwen2-vl"), vocab_size, image_token_id, vision_start_token_id,
+ *   vision_end_token_id, tokenizer_sha256 (hex of tokenizer.json's bytes),
+ *   patch_size, temporal_patch_size, merge_size, min_pixels, max_pixels,
+ *   image_mean[3], image_std[3], max_seq_len, truncation ("skip" |
+ *   "truncate"), source (the JSONL path), vltrain_version, and the counts
+ *   n_read, n_written, n_skipped_bad, n_skipped_long, n_truncated.
+ * Pixels stay uint8 (the resized image): rescale, normalize and patchify
+ * happen when a sample is read (cheap, exact), so the file stays about the
+ * size of the source images.
+ *
+ * Sampler: global sample number g (0, 1, 2, ... over the whole run) maps to
+ * epoch e = g / n and position g % n of the epoch's permutation, a seeded
+ * Fisher-Yates shuffle of (seed, e).  The trainer asks for g = ((s*A + a)*W
+ * + r)*mb + k (train.h), so ranks read disjoint samples and the cursor a
+ * checkpoint needs is the number of samples consumed, which does not depend
+ * on the world size.
+ */
+#ifndef VL_DATASET_H
+#define VL_DATASET_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "batch.h"
+#include "config.h"
+
+#define VL_DATASET_FORMAT_VERSION 1
+
+/* ---- provenance ---------------------------------------------------------- */
+typedef struct {
+  vl_family family;
+  int vocab_size;
+  int image_token_id, vision_start_token_id, vision_end_token_id;
+  char tokenizer_sha256[65];
+  int patch_size, temporal_patch_size, merge_size;
+  long min_pixels, max_pixels;
+  float image_mean[3], image_std[3];
+  int max_seq_len;
+  char truncation[16];
+  char source[VL_PATH_MAX];
+  long n_read, n_written, n_skipped_bad, n_skipped_long, n_truncated;
+} vl_dataset_info;
+
+/* ---- writing (vlprep; one process) --------------------------------------- */
+typedef struct vl_dataset_writer vl_dataset_writer;
+
+/* Creates path's temporary sibling (path + ".tmp.<pid>"); nothing appears at
+ * path until commit. */
+int vl_dataset_writer_open(vl_dataset_writer **w, const char *path);
+/* One image of a sample as stored: resized RGB and its grid. */
+typedef struct {
+  int h, w;               /* resized size */
+  const uint8_t *rgb;     /* h * w * 3 */
+  int32_t grid_thw[3];
+} vl_dataset_image;
+/* Appends a sample to split "train" or "val". */
+int vl_dataset_writer_add(vl_dataset_writer *w, const char *split, const int32_t *ids,
+                          const uint8_t *loss_mask, int n_tokens,
+                          const vl_dataset_image *images, int n_images);
+/* Writes the attributes, closes, and renames the temporary file to path. */
+int vl_dataset_writer_commit(vl_dataset_writer *w, const vl_dataset_info *info);
+/* Removes the temporary file (after an error).  w may be NULL. */
+void vl_dataset_writer_abort(vl_dataset_writer *w);
+
+/* ---- reading (every rank) ------------------------------------------------- */
+typedef struct vl_dataset vl_dataset;
+
+/* Opens one split ("train" or "val") read-only (serial HDF5 per rank; the
+ * index datasets are read into memory, tokens and pixels on demand). */
+int vl_dataset_open(vl_dataset **d, const char *path, const char *split);
+void vl_dataset_close(vl_dataset *d);
+long vl_dataset_size(const vl_dataset *d);
+const vl_dataset_info *vl_dataset_provenance(const vl_dataset *d);
+/* Checks family, vocabulary size and special-token ids, patch/merge sizes
+ * against the model; VL_EINVAL "PATH: dataset made for X, model is Y". */
+int vl_dataset_check(const vl_dataset *d, const vl_model_config *mc);
+
+/* A sample as the model's input: ids, labels (ids where loss_mask, else
+ * -100), normalized patches (the processor's pixel_values) and grid_thw. */
+typedef struct {
+  int32_t *ids, *labels;
+  int32_t (*grid)[3];
+  float *pixels;
+  size_t cap_tokens, cap_images, cap_pixels;  /* buffers are reused */
+  vl_sample sample;   /* points into the buffers above */
+} vl_dataset_sample;
+
+/* Reads sample i (0 <= i < size) into s (grows its buffers). */
+int vl_dataset_read(vl_dataset *d, long i, vl_dataset_sample *s);
+void vl_dataset_sample_free(vl_dataset_sample *s);
+
+/* The sample index of global sample number g: epoch g / n, shuffled with
+ * (seed, epoch).  A pure function: the same on every rank and world size. */
+long vl_dataset_index(const vl_dataset *d, uint64_t seed, uint64_t g);
+
+/* ---- prefetch -------------------------------------------------------------- */
+/* A background thread reads the samples of global numbers g0 .. g0+count-1
+ * (through vl_dataset_index) ahead of the trainer. */
+typedef struct vl_prefetch vl_prefetch;
+int vl_prefetch_start(vl_prefetch **p, vl_dataset *d, uint64_t seed, int depth);
+/* Requests the next global sample numbers in the order they will be taken. */
+int vl_prefetch_request(vl_prefetch *p, uint64_t g);
+/* Takes the sample of global number g (must be the oldest request), blocking
+ * until it is ready: its buffers are swapped with *out's, so nothing is
+ * copied and *out owns the sample until the caller frees or reuses it. */
+int vl_prefetch_take(vl_prefetch *p, uint64_t g, vl_dataset_sample *out);
+void vl_prefetch_stop(vl_prefetch *p);
+
+#endif
