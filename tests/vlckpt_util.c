@@ -9,6 +9,12 @@
  *   tamper-config CKPT            replaces the config attribute by junk
  *   st-drop HFDIR NAME OUT        OUT/model.safetensors: HFDIR's tensors less NAME
  *   st-reshape HFDIR NAME OUT     ... NAME flattened to one dimension
+ *   logits HFDIR INPUTS OUT       forward (CPU, fp32) of model.path=HFDIR on the
+ *                                 parity fixture's inputs.safetensors; writes
+ *                                 OUT: logits [B, L, V] F32 (0 at padding)
+ *   random-hf PRESET OUTDIR       a random bf16 HF folder of a preset's dims
+ *   time-load HFDIR               seconds to read config + weights (fp32), after
+ *                                 dropping the shards from the page cache
  * Exit 0 on success, 1 on a mismatch or error (message on stderr). */
 #include <hdf5.h>
 #include <math.h>
@@ -18,8 +24,11 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "batch.h"
 #include "err.h"
+#include "graph.h"
 #include "hfconfig.h"
+#include "ops.h"
 #include "hfexport.h"
 #include "weights.h"
 
@@ -142,6 +151,139 @@ static int st_edit(const char *dir, const char *name, const char *out, int drop)
   return rc ? 1 : 0;
 }
 
+static int64_t *read_i64(vl_safetensors *st, const char *name, size_t *n) {
+  const vl_st_tensor *t = vl_st_find(st, name);
+  if (!t) return NULL;
+  *n = vl_st_tensor_numel(t);
+  int64_t *v = malloc(*n * 8 + 8);
+  if (v && vl_st_read_i64(t, v, *n)) { free(v); return NULL; }
+  return v;
+}
+
+static int logits(const char *dir, const char *inputs, const char *outp) {
+  vl_config cfg;
+  vl_model m;
+  float *w = NULL;
+  VL_CALL(load_folder(dir, &cfg, &m, &w));
+  vl_safetensors *in;
+  VL_CALL(vl_st_open(&in, inputs));
+  size_t n_ids, n_mask, n_lab, n_grid, n_pix;
+  int64_t *ids = read_i64(in, "input_ids", &n_ids), *mask = read_i64(in, "attention_mask", &n_mask);
+  int64_t *labels = read_i64(in, "labels", &n_lab), *grid = read_i64(in, "image_grid_thw", &n_grid);
+  const vl_st_tensor *tp = vl_st_find(in, "pixel_values"), *tid = vl_st_find(in, "input_ids");
+  if (!ids || !mask || !labels || !grid || !tp) VL_ERROR(VL_EIO, "%s: incomplete inputs", inputs);
+  n_pix = vl_st_tensor_numel(tp);
+  float *pix = malloc(n_pix * 4);
+  VL_CALL(vl_st_read_f32(tp, pix, n_pix));
+  const int B = (int)vl_st_tensor_shape(tid)[0], L = (int)vl_st_tensor_shape(tid)[1];
+  const int V = cfg.model.text.vocab_size, n_images = (int)(n_grid / 3), pd = vl_model_patch_dim(&m);
+  if (B > 8) VL_ERROR(VL_EINVAL, "at most 8 rows");
+  vl_sample s[8];
+  int32_t *ids32 = malloc(n_ids * 4), *lab32 = malloc(n_ids * 4);
+  int32_t(*grid32)[3] = malloc(sizeof(int32_t[3]) * (size_t)(n_images + 1));
+  for (int i = 0; i < n_images; i++)
+    for (int k = 0; k < 3; k++) grid32[i][k] = (int32_t)grid[3 * i + k];
+  int img = 0, row_len[8];
+  size_t pix_row = 0;
+  for (int b = 0; b < B; b++) {
+    int len = 0, runs = 0;
+    for (int t = 0; t < L; t++) {
+      size_t j = (size_t)b * L + t;
+      ids32[j] = (int32_t)ids[j];
+      lab32[j] = (int32_t)labels[j];
+      if (mask[j]) len = t + 1;
+      if (mask[j] && ids[j] == cfg.model.tokens.vision_start_token_id) runs++;
+    }
+    row_len[b] = len;
+    s[b] = (vl_sample){len, ids32 + (size_t)b * L, lab32 + (size_t)b * L, runs,
+                       runs ? (const int32_t(*)[3])grid32[img] : NULL, runs ? pix + pix_row * pd : NULL};
+    for (int i = 0; i < runs; i++, img++) pix_row += (size_t)grid32[img][0] * grid32[img][1] * grid32[img][2];
+  }
+  if (img != n_images || pix_row * pd != n_pix) VL_ERROR(VL_EIO, "%s: images do not add up", inputs);
+  vl_ops *o;
+  VL_CALL(vl_ops_cpu_create(&o));
+  vl_batch batch;
+  VL_CALL(vl_batch_build(&batch, &cfg.model, s, B));
+  vl_graph g;
+  VL_CALL(vl_graph_create(&g, &m, o, batch.T, batch.P, 1));
+  VL_CALL(o->put(o, g.params, w, m.n_elements));
+  VL_CALL(vl_graph_set_batch(&g, &batch));
+  double loss_sum = 0;
+  VL_CALL(vl_graph_forward(&g, 1.0f / (float)batch.n_targets, &loss_sum));
+  float *mine = malloc((size_t)batch.T * V * 4), *out = calloc((size_t)B * L * V, 4);
+  VL_CALL(o->get_raw(o, mine, g.logits, (size_t)batch.T * V * 4));
+  size_t rr = 0;
+  for (int b = 0; b < B; b++)
+    for (int t = 0; t < row_len[b]; t++, rr++)
+      memcpy(out + ((size_t)b * L + t) * V, mine + rr * V, (size_t)V * 4);
+  double loss = loss_sum / batch.n_targets;
+  vl_st_entry e[2] = {{.name = "logits", .dtype = VL_DT_F32, .ndim = 3, .shape = {B, L, V}, .data = out},
+                      {.name = "loss", .dtype = VL_DT_F64, .ndim = 1, .shape = {1}, .data = &loss}};
+  VL_CALL(vl_st_write(outp, e, 2, NULL, 0));
+  printf("vltrain logits of %s: %d rows x %d tokens x %d, loss %.10f -> %s\n", dir, B, L, V, loss, outp);
+  return VL_OK;
+}
+
+static int random_hf(const char *preset, const char *outdir) {
+  vl_config cfg;
+  vl_model m;
+  VL_CALL(vl_config_load(&cfg, preset));
+  VL_CALL(vl_model_build(&m, &cfg.model));
+  float *w;
+  VL_CALL(vl_malloc((void **)&w, m.n_elements * sizeof(float), "weights"));
+  /* cheap values (uniform, +-0.02): what is timed is the reading */
+#pragma omp parallel for schedule(static)
+  for (size_t j = 0; j < m.n_elements; j += 65536) {
+    uint64_t st = 0x9E3779B97F4A7C15ull * (j + 1);
+    size_t e = j + 65536 < m.n_elements ? j + 65536 : m.n_elements;
+    for (size_t k = j; k < e; k++) w[k] = 0.04f * (vl_rng_uniform(&st) - 0.5f);
+  }
+  VL_CALL(vl_hf_export(&m, w, outdir, VL_DT_BF16, (size_t)5e9, NULL));
+  printf("wrote %s: %zu parameters (bf16)\n", outdir, m.n_elements);
+  return VL_OK;
+}
+
+#include <fcntl.h>
+#include <omp.h>
+#include <time.h>
+#include <unistd.h>
+
+static double now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return ts.tv_sec + 1e-9 * ts.tv_nsec;
+}
+
+static int time_load(const char *dir) {
+  vl_safetensors *st;
+  VL_CALL(vl_st_open(&st, dir));
+  size_t bytes = 0;
+  const char *done[64];
+  int nd = 0;
+  for (size_t i = 0; i < vl_st_count(st); i++) {
+    const vl_st_tensor *t = vl_st_at(st, i);
+    bytes += vl_st_tensor_nbytes(t);
+    const char *f = vl_st_tensor_file(t);
+    int seen = 0;
+    for (int k = 0; k < nd; k++) seen |= !strcmp(done[k], f);
+    if (seen || nd == 64) continue;
+    done[nd++] = f;
+    int fd = open(f, O_RDONLY);
+    if (fd >= 0) { posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED); close(fd); }
+  }
+  vl_st_close(st);
+  double t0 = now_s();
+  vl_config cfg;
+  vl_model m;
+  float *w = NULL;
+  VL_CALL(load_folder(dir, &cfg, &m, &w));
+  double t1 = now_s();
+  printf("time-load %s: %zu parameters, %.2f GB in %d shard(s), %.2f s with %d threads "
+         "(%.2f GB/s; page cache dropped with POSIX_FADV_DONTNEED first)\n", dir, m.n_elements,
+         bytes / 1e9, nd, t1 - t0, omp_get_max_threads(), bytes / 1e9 / (t1 - t0));
+  return VL_OK;
+}
+
 int main(int argc, char **argv) {
   if (argc < 3) return 2;
   MPI_Init(&argc, &argv);
@@ -164,6 +306,9 @@ int main(int argc, char **argv) {
   } else if (!strncmp(c, "tamper-", 7) && argc >= 3) rc = tamper(argv[2], c, argc > 3 ? argv[3] : NULL);
   else if (!strcmp(c, "st-drop") && argc == 5) rc = st_edit(argv[2], argv[3], argv[4], 1);
   else if (!strcmp(c, "st-reshape") && argc == 5) rc = st_edit(argv[2], argv[3], argv[4], 0);
+  else if (!strcmp(c, "logits") && argc == 5) rc = logits(argv[2], argv[3], argv[4]) ? 1 : 0;
+  else if (!strcmp(c, "random-hf") && argc == 4) rc = random_hf(argv[2], argv[3]) ? 1 : 0;
+  else if (!strcmp(c, "time-load") && argc == 3) rc = time_load(argv[2]) ? 1 : 0;
   MPI_Finalize();
   return rc;
 }
