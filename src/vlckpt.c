@@ -9,11 +9,13 @@
 
 #include "err.h"
 #include "hfexport.h"
+#include "weights.h"
 
 static void usage(FILE *f) {
   fprintf(f,
           "usage: vlckpt inspect CKPT.h5\n"
           "       vlckpt export CKPT.h5 OUTDIR [--dtype bf16|fp32] [--shard-size 5GB] [--from DIR]\n"
+          "       vlckpt init CONFIG.yaml OUTDIR [--dtype bf16|fp32] [--shard-size 5GB] [--from DIR]\n"
           "\n"
           "inspect: step, world size, config text, tensors and shapes, then checks\n"
           "  (readable, complete, finite); exit 0 if every check passes, 1 if not.\n"
@@ -22,7 +24,10 @@ static void usage(FILE *f) {
           "  most --shard-size, default 5GB; units B, KB, MB, GB = 10^3.., KiB, MiB, GiB),\n"
           "  tokenizer, chat template, preprocessor and generation files copied from\n"
           "  --from DIR, else from the checkpoint's model.path when it is a folder.\n"
-          "  --dtype: bf16 (default, rounded to nearest even) or fp32 (bitwise).\n");
+          "  --dtype: bf16 (default, rounded to nearest even) or fp32 (bitwise).\n"
+          "init: a new model folder like export's, with random weights (Hugging Face's\n"
+          "  initialisation, seeded by train.seed) of the architecture CONFIG.yaml gives:\n"
+          "  a tiny model of a family to try the whole path with.\n");
 }
 
 /* "5GB", "500MB", "2GiB", "123" (bytes). 0 on a bad value. */
@@ -75,6 +80,31 @@ static int do_export(const char *path, const char *outdir, vl_dtype dt, size_t s
   return rc ? 1 : 0;
 }
 
+static int do_init(const char *yaml, const char *outdir, vl_dtype dt, size_t shard, const char *from) {
+  vl_config cfg;
+  vl_model m;
+  if (vl_config_load(&cfg, yaml)) return 1;
+  if (vl_model_build(&m, &cfg.model)) return 1;
+  float *w = NULL;
+  int rc = vl_malloc((void **)&w, m.n_elements * sizeof(float), "parameters");
+  struct stat sb;
+  const char *src = from;
+  if (!src && cfg.model.path[0] && stat(cfg.model.path, &sb) == 0 && S_ISDIR(sb.st_mode))
+    src = cfg.model.path;
+  if (rc == VL_OK) {
+    vl_weights_init_random(&m, w, cfg.train.seed, 0.02f);
+    rc = vl_hf_export(&m, w, outdir, dt, shard, src);
+  }
+  if (rc == VL_OK)
+    printf("wrote %s: random %s model of %s, %zu parameters (%s, seed %llu)\n", outdir,
+           m.cfg.family == VL_FAMILY_QWEN3_VL ? "qwen3-vl" : "qwen2-vl", yaml, m.n_elements,
+           dt == VL_DT_BF16 ? "bf16" : "fp32", (unsigned long long)cfg.train.seed);
+  free(w);
+  vl_model_free(&m);
+  vl_config_free(&cfg);
+  return rc ? 1 : 0;
+}
+
 int main(int argc, char **argv) {
   if (argc < 2) { usage(stderr); return 2; }
   if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) { usage(stdout); return 0; }
@@ -106,6 +136,7 @@ int main(int argc, char **argv) {
   int rc;
   if (!strcmp(argv[1], "inspect") && npos == 1) rc = inspect(pos[0]);
   else if (!strcmp(argv[1], "export") && npos == 2) rc = do_export(pos[0], pos[1], dt, shard, from);
+  else if (!strcmp(argv[1], "init") && npos == 2) rc = do_init(pos[0], pos[1], dt, shard, from);
   else { usage(stderr); rc = 2; }
   MPI_Finalize();
   return rc;
