@@ -145,6 +145,12 @@ printf 'include: qwen3-vl-8b.yaml\nrun: {backend: cpu}\n' > p8.yaml
 "$B/vltrain" --dry-run p8.yaml 2>&1 | grep -i "parameters" > p8.out
 [ -s q3.out ] && cmp -s q3.out p8.out || { cat q3.out p8.out; fail "Qwen3-VL-8B config.json != the 8B preset"; }
 grep -q "8,767,123,696" q3.out || { cat q3.out; fail "8B parameter count"; }
+# transformers 5's layout (rope_parameters), the parity fixture's: = its vltrain.yaml
+printf 'model: {path: %s}\nrun: {backend: cpu}\n' "$VL_SRCDIR/tests/data/qwen3vl_parity" > v5.yaml
+"$B/vltrain" --dry-run v5.yaml > v5.out 2>&1 || { cat v5.out; fail "the fixture's config.json"; }
+"$B/vltrain" --dry-run "$VL_SRCDIR/tests/data/qwen3vl_parity/vltrain.yaml" > fx.out 2>&1 || fail "fixture yaml"
+grep -v "^vltrain\|memory plan" v5.out > v5.cmp; grep -v "^vltrain\|memory plan" fx.out > fx.cmp
+cmp -s v5.cmp fx.cmp || { diff v5.cmp fx.cmp; fail "config.json (rope_parameters) != vltrain.yaml"; }
 cat > q2/config.json <<'EOJ'
 {"architectures": ["Qwen2VLForConditionalGeneration"], "attention_dropout": 0.0, "bos_token_id": 151643,
  "eos_token_id": 151645, "vision_start_token_id": 151652, "vision_end_token_id": 151653, "vision_token_id": 151654,
@@ -165,6 +171,21 @@ for want in "model.family = qwen2-vl" "model.text.hidden_size = 3584" "model.tex
     "model.vision.patch_size = 14" "model.vision.hidden_act = quick_gelu" "model.vision.num_position_embeddings = 0" \
     "model.vision.deepstack_visual_indexes = \[\]" "model.tokens.image_token_id = 151655"; do
   grep -q "^$want$" q2.keys || { cat q2.keys; fail "Qwen2-VL: no '$want'"; }
+done
+# writing config.json and reading it back gives the same model, both families
+cat > q2tiny.yaml <<'EOY'
+model:
+  family: qwen2-vl
+  text: {vocab_size: 151936, hidden_size: 32, intermediate_size: 64, num_hidden_layers: 2,
+         num_attention_heads: 4, num_key_value_heads: 2, head_dim: 8, rope_theta: 1000000,
+         mrope_section: [1, 1, 2], mrope_interleaved: false, attention_bias: true,
+         tie_word_embeddings: true, rms_norm_eps: 1.0e-5}
+  vision: {depth: 2, hidden_size: 32, intermediate_size: 128, num_heads: 2, patch_size: 14,
+           temporal_patch_size: 2, spatial_merge_size: 2, out_hidden_size: 32, hidden_act: quick_gelu}
+  tokens: {image_token_id: 151655, video_token_id: 151656, vision_start_token_id: 151652, vision_end_token_id: 151653}
+EOY
+for y in q2tiny.yaml "$VL_SRCDIR/inputs/tiny.yaml" "$VL_SRCDIR/inputs/qwen3-vl-8b.yaml" "$VL_SRCDIR/tests/data/micro.yaml"; do
+  "$U" hfconfig-roundtrip "$y" rt_$(basename "$y" .yaml) || fail "config.json round trip of $y"
 done
 echo "config.json: presets overridden, conflicts named, published layouts of both families read"
 echo "vlckpt ok"

@@ -13,6 +13,8 @@
  *                                 parity fixture's inputs.safetensors; writes
  *                                 OUT: logits [B, L, V] F32 (0 at padding)
  *   random-hf PRESET OUTDIR       a random bf16 HF folder of a preset's dims
+ *   hfconfig-roundtrip YAML DIR   writes DIR/config.json from YAML's model config,
+ *                                 reads it back (model.path=DIR): same config?
  *   time-load HFDIR               seconds to read config + weights (fp32), after
  *                                 dropping the shards from the page cache
  * Exit 0 on success, 1 on a mismatch or error (message on stderr). */
@@ -284,6 +286,28 @@ static int time_load(const char *dir) {
   return VL_OK;
 }
 
+static int hfconfig_roundtrip(const char *yaml, const char *dir) {
+  vl_config a, b;
+  VL_CALL(vl_config_load(&a, yaml));
+  char *json;
+  VL_CALL(vl_hfconfig_write(&a.model, "bfloat16", &json));
+  mkdir(dir, 0755);
+  char p[VL_PATH_MAX + 32], y[VL_PATH_MAX + 64];
+  snprintf(p, sizeof p, "%s/config.json", dir);
+  FILE *f = fopen(p, "w");
+  if (!f) VL_ERROR(VL_EIO, "%s", p);
+  fputs(json, f);
+  fclose(f);
+  snprintf(y, sizeof y, "model: {path: \"%s\"}\n", dir);
+  VL_CALL(vl_config_load_string(&b, y, "(roundtrip)"));
+  if (!same_model_config(&a.model, &b.model)) {
+    fprintf(stderr, "FAIL: %s -> %s -> another model config\n", yaml, p);
+    return VL_EINVAL;
+  }
+  printf("%s -> config.json -> the same model config\n", yaml);
+  return VL_OK;
+}
+
 int main(int argc, char **argv) {
   if (argc < 3) return 2;
   MPI_Init(&argc, &argv);
@@ -308,6 +332,7 @@ int main(int argc, char **argv) {
   else if (!strcmp(c, "st-reshape") && argc == 5) rc = st_edit(argv[2], argv[3], argv[4], 0);
   else if (!strcmp(c, "logits") && argc == 5) rc = logits(argv[2], argv[3], argv[4]) ? 1 : 0;
   else if (!strcmp(c, "random-hf") && argc == 4) rc = random_hf(argv[2], argv[3]) ? 1 : 0;
+  else if (!strcmp(c, "hfconfig-roundtrip") && argc == 4) rc = hfconfig_roundtrip(argv[2], argv[3]) ? 1 : 0;
   else if (!strcmp(c, "time-load") && argc == 3) rc = time_load(argv[2]) ? 1 : 0;
   MPI_Finalize();
   return rc;
