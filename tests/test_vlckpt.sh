@@ -172,6 +172,22 @@ for want in "model.family = qwen2-vl" "model.text.hidden_size = 3584" "model.tex
     "model.vision.deepstack_visual_indexes = \[\]" "model.tokens.image_token_id = 151655"; do
   grep -q "^$want$" q2.keys || { cat q2.keys; fail "Qwen2-VL: no '$want'"; }
 done
+# bad config.json files: the key and the file named
+mkdir bad1 bad2 bad3
+sed 's/"model_type": "qwen3_vl",/"model_type": "llava",/' q3/config.json > bad1/config.json
+sed 's/"hidden_size": 4096, //' q3/config.json > bad2/config.json
+echo '{"model_type": "qwen3_vl", "text_config": {' > bad3/config.json
+for b in bad1 bad2 bad3; do printf 'model: {path: %s/%s}\n' "$dir" $b > $b.yaml; done
+"$B/vltrain" --dry-run bad1.yaml > msg 2>&1 && fail "model_type llava passed"
+grep -q "bad1/config.json: model_type: 'llava' is not supported (qwen3_vl, qwen2_vl)" msg || { cat msg; fail "model_type message"; }
+"$B/vltrain" --dry-run bad2.yaml > msg 2>&1 && fail "a config.json without hidden_size passed"
+grep -q "bad2/config.json: text_config.hidden_size: required key missing" msg || { cat msg; fail "missing-key message"; }
+"$B/vltrain" --dry-run bad3.yaml > msg 2>&1 && fail "a broken config.json passed"
+grep -q "bad3/config.json: not valid JSON" msg || { cat msg; fail "JSON message"; }
+printf 'model: {path: %s/nowhere}\n' "$dir" > bad4.yaml
+"$B/vltrain" --dry-run bad4.yaml > msg 2>&1 && fail "a missing folder passed"
+grep -q "bad4.yaml:1: model.path: cannot open '$dir/nowhere'" msg || { cat msg; fail "missing folder message"; }
+
 # writing config.json and reading it back gives the same model, both families
 cat > q2tiny.yaml <<'EOY'
 model:
