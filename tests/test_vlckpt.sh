@@ -67,6 +67,11 @@ A2=$dir/out2/ckpt/step_0000001.h5
 for f in model.safetensors config.json tokenizer.json preprocessor_config.json; do
   cmp -s E32/$f E32b/$f || fail "round trip: $f differs"
 done
+mv E32 E32.away  # the checkpoint carries config.json: no need of the folder
+"$B/vlckpt" export "$A2" E32c --dtype fp32 > /dev/null || fail "export without the source folder"
+cmp -s E32.away/config.json E32c/config.json && cmp -s E32.away/model.safetensors E32c/model.safetensors ||
+  fail "export without the source folder differs"
+mv E32.away E32
 echo "round trip load -> export -> load: model.safetensors and config.json byte-identical"
 
 # ---- tampered and truncated checkpoints -------------------------------------------
