@@ -114,6 +114,16 @@ int main(void) {
                             {0.26862954f, 0.26130258f, 0.27577711f}},
                            3136, 12845056};
   check_set(dir, &qwen2);
+  /* the family defaults are those settings (Qwen3-VL's published pixel range
+   * is wider than the fixtures' [4096, 16384]) */
+  vl_patch_params d;
+  long lo, hi;
+  CHECK(vl_image_family_defaults(VL_FAMILY_QWEN2_VL, &d, &lo, &hi) == VL_OK &&
+            !memcmp(&d, &qwen2.pp, sizeof d) && lo == 3136 && hi == 12845056,
+        "qwen2-vl processor defaults");
+  CHECK(vl_image_family_defaults(VL_FAMILY_QWEN3_VL, &d, &lo, &hi) == VL_OK &&
+            !memcmp(&d, &qwen3.pp, sizeof d) && lo == 65536 && hi == 16777216,
+        "qwen3-vl processor defaults");
   /* smart_resize by hand: HF's documented examples with Qwen3 settings */
   int oh, ow;
   vl_smart_resize(333, 517, 32, 65536, 16777216, &oh, &ow);
