@@ -146,9 +146,4 @@ static int parity_run_dir(vl_ops *o, const char *fixture, parity_result *r) {
   return VL_OK;
 }
 
-/* The Qwen3-VL fixture. */
-static int parity_run(vl_ops *o, parity_result *r) {
-  return parity_run_dir(o, "tests/data/qwen3vl_parity", r);
-}
-
 #endif
