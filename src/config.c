@@ -686,6 +686,9 @@ static int check(const vl_config *c, const load_state *st) {
     VL_ERROR(VL_EINVAL, "%s:%d: %s: qwen2-vl has no learned position grid and no DeepStack "
              "(expected num_position_embeddings 0 and deepstack_visual_indexes [])",
              WHERE("model.family"));
+  if (c->model.family == VL_FAMILY_QWEN2_VL && t->mrope_interleaved)
+    VL_ERROR(VL_EINVAL, "%s:%d: %s: qwen2-vl's M-RoPE is sectioned (expected "
+             "mrope_interleaved: false)", WHERE("model.text.mrope_interleaved"));
 #undef WHERE
   return VL_OK;
 }
