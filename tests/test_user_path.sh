@@ -55,4 +55,33 @@ for f in config.json model.safetensors tokenizer.json preprocessor_config.json g
 done
 cmp -s tiny-qwen3-vl/tokenizer.json tiny-qwen3-vl-ft/tokenizer.json || fail "tokenizer.json not carried"
 "$VL_BUILDDIR/tests/vlckpt_util" compare "$ck" tiny-qwen3-vl-ft bf16 || fail "export != checkpoint"
-echo "user path ok"
+
+# 5. the same path for the tiny Qwen2-VL (doc/USER-PATH.md's configuration)
+cat > tiny-qwen2-vl.yaml <<'EOY'
+model:
+  family: qwen2-vl
+  text: {vocab_size: 151936, hidden_size: 32, intermediate_size: 64, num_hidden_layers: 2,
+         num_attention_heads: 4, num_key_value_heads: 2, head_dim: 8, rope_theta: 1000000,
+         mrope_section: [1, 1, 2], mrope_interleaved: false, attention_bias: true,
+         tie_word_embeddings: true}
+  vision: {depth: 2, hidden_size: 32, intermediate_size: 128, num_heads: 2, patch_size: 14,
+           temporal_patch_size: 2, spatial_merge_size: 2, out_hidden_size: 32,
+           hidden_act: quick_gelu}
+  tokens: {image_token_id: 151655, video_token_id: 151656, vision_start_token_id: 151652,
+           vision_end_token_id: 151653}
+EOY
+"$B/vlckpt" init tiny-qwen2-vl.yaml tiny-qwen2-vl > log3 2>&1 || { cat log3; fail "vlckpt init qwen2-vl"; }
+cp tiny-qwen3-vl/tokenizer.json tiny-qwen2-vl/
+data2=""
+if [ -n "$data" ]; then
+  "$B/vlprep" --model tiny-qwen2-vl --input train.jsonl --output train2.h5 --val-count 2 --quiet > logp2 2>&1 ||
+    { cat logp2; fail "vlprep qwen2-vl"; }
+  data2="data: $dir/train2.h5, "
+fi
+sed "s#tiny-qwen3-vl#tiny-qwen2-vl#; s#$dir/run#$dir/run2#; s#${data:-@@none@@}#${data2}#" finetune.yaml > finetune2.yaml
+"$MPIRUN" --oversubscribe -np 2 "$B/vltrain" finetune2.yaml > log4 2>&1 || { cat log4; fail "vltrain qwen2-vl"; }
+ck2=$dir/run2/ckpt/$(cat run2/ckpt/latest)
+"$B/vlckpt" export "$ck2" tiny-qwen2-vl-ft > log5 2>&1 || { cat log5; fail "export qwen2-vl"; }
+grep -q '"model_type":.*"qwen2_vl"' tiny-qwen2-vl-ft/config.json || fail "qwen2-vl config.json"
+"$VL_BUILDDIR/tests/vlckpt_util" compare "$ck2" tiny-qwen2-vl-ft bf16 || fail "qwen2-vl export != checkpoint"
+echo "user path ok (qwen3-vl and qwen2-vl)"

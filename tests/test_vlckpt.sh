@@ -168,6 +168,12 @@ cat > q2/config.json <<'EOJ'
   "hidden_size": 3584, "patch_size": 14, "spatial_merge_size": 2, "spatial_patch_size": 14, "temporal_patch_size": 2},
  "rope_scaling": {"type": "mrope", "mrope_section": [16, 24, 24]}, "vocab_size": 152064}
 EOJ
+printf 'model: {path: %s/q2}\nrun: {backend: cpu}\n' "$dir" > q2.yaml
+"$B/vltrain" --dry-run q2.yaml 2>&1 | grep -i "parameters" > q2.out
+printf 'include: qwen2-vl-7b.yaml\nrun: {backend: cpu}\n' > p7.yaml
+"$B/vltrain" --dry-run p7.yaml 2>&1 | grep -i "parameters" > p7.out
+[ -s q2.out ] && cmp -s q2.out p7.out || { cat q2.out p7.out; fail "Qwen2-VL-7B config.json != the 7B preset"; }
+grep -q "8,291,375,616" q2.out || { cat q2.out; fail "Qwen2-VL-7B parameter count"; }
 "$U" hfkeys q2 > q2.keys || { cat q2.keys; fail "Qwen2-VL config.json"; }
 for want in "model.family = qwen2-vl" "model.text.hidden_size = 3584" "model.text.head_dim = 128" \
     "model.text.num_key_value_heads = 4" "model.text.rope_theta = 1000000" "model.text.mrope_section = \[16, 24, 24\]" \
@@ -208,5 +214,28 @@ EOY
 for y in q2tiny.yaml "$VL_SRCDIR/inputs/tiny.yaml" "$VL_SRCDIR/inputs/qwen3-vl-8b.yaml" "$VL_SRCDIR/tests/data/micro.yaml"; do
   "$U" hfconfig-roundtrip "$y" rt_$(basename "$y" .yaml) || fail "config.json round trip of $y"
 done
+# Hugging Face folders written by transformers 5.17 (the parity fixtures, both
+# families): model.path reads config.json + weights, and vltrain's logits are
+# transformers'; then from the Qwen2-VL folder: train at lr 0 -> export ->
+# the export gives the same logits (load -> export -> load through transformers' numbers)
+for fam in qwen3vl qwen2vl; do
+  F=$VL_SRCDIR/tests/data/${fam}_parity
+  "$U" logits "$F" "$F/inputs.safetensors" ${fam}_hf.safetensors > /dev/null || fail "logits of $F"
+  "$U" cmp-logits ${fam}_hf.safetensors "$F/outputs.safetensors" "$F/inputs.safetensors" ||
+    fail "vltrain from model.path=$F != transformers"
+done
+F=$VL_SRCDIR/tests/data/qwen2vl_parity
+cat > q2run.yaml <<EOY
+model: {path: $F}
+train: {steps: 1, grad_accum: 1, lr: 0, stats_every: 0, eval_samples: 0, max_seq_len: 96, max_vision_patches: 256}
+run: {out_dir: $dir/q2out, backend: cpu}
+EOY
+"$MPIRUN" --oversubscribe -np 2 "$B/vltrain" q2run.yaml > logq2 2>&1 || { cat logq2; fail "training from the Qwen2-VL folder"; }
+"$B/vlckpt" export "$dir/q2out/ckpt/step_0000001.h5" Q2E --dtype fp32 > /dev/null || fail "Qwen2-VL export"
+grep -q '"model_type":.*"qwen2_vl"' Q2E/config.json && grep -q '"embed_dim":' Q2E/config.json || fail "Qwen2-VL config.json layout"
+"$U" compare "$dir/q2out/ckpt/step_0000001.h5" Q2E fp32 || fail "Qwen2-VL export != checkpoint"
+"$U" logits Q2E "$F/inputs.safetensors" q2e.safetensors > /dev/null || fail "logits of the Qwen2-VL export"
+"$U" cmp-logits q2e.safetensors "$F/outputs.safetensors" "$F/inputs.safetensors" ||
+  fail "Qwen2-VL export's logits != transformers'"
 echo "config.json: presets overridden, conflicts named, published layouts of both families read"
 echo "vlckpt ok"

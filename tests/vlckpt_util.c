@@ -15,6 +15,8 @@
  *   random-hf PRESET OUTDIR       a random bf16 HF folder of a preset's dims
  *   hfconfig-roundtrip YAML DIR   writes DIR/config.json from YAML's model config,
  *                                 reads it back (model.path=DIR): same config?
+ *   cmp-logits MINE REF INPUTS    max |MINE - REF| of "logits" over INPUTS'
+ *                                 attention_mask; fails above 1e-4 x max(1, |REF|)
  *   time-load HFDIR               seconds to read config + weights (fp32), after
  *                                 dropping the shards from the page cache
  * Exit 0 on success, 1 on a mismatch or error (message on stderr). */
@@ -308,6 +310,37 @@ static int hfconfig_roundtrip(const char *yaml, const char *dir) {
   return VL_OK;
 }
 
+static int cmp_logits(const char *a, const char *b, const char *inputs) {
+  vl_safetensors *sa, *sb, *si;
+  VL_CALL(vl_st_open(&sa, a));
+  VL_CALL(vl_st_open(&sb, b));
+  VL_CALL(vl_st_open(&si, inputs));
+  const vl_st_tensor *ta, *tb, *tm;
+  VL_CALL(vl_st_get(sa, "logits", VL_DT_MASK(VL_DT_F32), 3, NULL, &ta));
+  VL_CALL(vl_st_get(sb, "logits", VL_DT_MASK(VL_DT_F32), 3, vl_st_tensor_shape(ta), &tb));
+  size_t n = vl_st_tensor_numel(ta), nm = 0;
+  VL_CALL(vl_st_get(si, "attention_mask", VL_DT_ANY, 2, vl_st_tensor_shape(ta), &tm));
+  int64_t *mask = read_i64(si, "attention_mask", &nm);
+  float *x = malloc(n * 4), *y = malloc(n * 4);
+  VL_CALL(vl_st_read_f32(ta, x, n));
+  VL_CALL(vl_st_read_f32(tb, y, n));
+  const size_t V = (size_t)vl_st_tensor_shape(ta)[2];
+  double worst = 0, big = 0;
+  size_t pos = 0;
+  for (size_t r = 0; r < nm; r++) {
+    if (!mask[r]) continue;
+    pos++;
+    for (size_t v = 0; v < V; v++) {
+      double d = fabs((double)x[r * V + v] - y[r * V + v]);
+      if (d > worst) worst = d;
+      if (fabs(y[r * V + v]) > big) big = fabs(y[r * V + v]);
+    }
+  }
+  printf("logits %s vs %s: %zu positions x %zu, max difference %.3e (max |logit| %.3f)\n", a, b, pos,
+         V, worst, big);
+  return worst <= 1e-4 * (big > 1 ? big : 1) ? VL_OK : VL_ESHAPE;
+}
+
 int main(int argc, char **argv) {
   if (argc < 3) return 2;
   MPI_Init(&argc, &argv);
@@ -333,6 +366,7 @@ int main(int argc, char **argv) {
   else if (!strcmp(c, "logits") && argc == 5) rc = logits(argv[2], argv[3], argv[4]) ? 1 : 0;
   else if (!strcmp(c, "random-hf") && argc == 4) rc = random_hf(argv[2], argv[3]) ? 1 : 0;
   else if (!strcmp(c, "hfconfig-roundtrip") && argc == 4) rc = hfconfig_roundtrip(argv[2], argv[3]) ? 1 : 0;
+  else if (!strcmp(c, "cmp-logits") && argc == 5) rc = cmp_logits(argv[2], argv[3], argv[4]) ? 1 : 0;
   else if (!strcmp(c, "time-load") && argc == 3) rc = time_load(argv[2]) ? 1 : 0;
   MPI_Finalize();
   return rc;
