@@ -40,6 +40,31 @@ void vl_weights_init_random(const vl_model *m, float *host, uint64_t seed, float
   }
 }
 
+/* Checkpoints saved by transformers 4 (the published Qwen2-VL ones) name the
+ * vision tower "visual.*" and the language model "model.*"; transformers 5
+ * (our table) names them "model.visual.*" and "model.language_model.*" and
+ * renames on load.  legacy: our name -> the old one, "" when it has none. */
+void vl_weights_legacy_name(const char *name, char *out, size_t n) {
+  static const char vis[] = "model.visual.", lm[] = "model.language_model.";
+  if (strncmp(name, vis, sizeof vis - 1) == 0)
+    snprintf(out, n, "visual.%s", name + sizeof vis - 1);
+  else if (strncmp(name, lm, sizeof lm - 1) == 0)
+    snprintf(out, n, "model.%s", name + sizeof lm - 1);
+  else
+    out[0] = 0;
+}
+
+/* The old name's new form, "" when name is not an old one. */
+static void modern_name(const char *name, char *out, size_t n) {
+  if (strncmp(name, "visual.", 7) == 0)
+    snprintf(out, n, "model.visual.%s", name + 7);
+  else if (strncmp(name, "model.", 6) == 0 && strncmp(name, "model.visual.", 13) != 0 &&
+           strncmp(name, "model.language_model.", 21) != 0)
+    snprintf(out, n, "model.language_model.%s", name + 6);
+  else
+    out[0] = 0;
+}
+
 /* One piece of the parallel copy: elements [begin, end) of parameter i. */
 typedef struct {
   int param;
@@ -61,6 +86,11 @@ int vl_weights_load(const vl_model *m, const char *path, float *host, int allow_
   for (int i = 0; i < m->n_params; i++) {
     const vl_param *p = &m->params[i];
     const vl_st_tensor *t = vl_st_find(st, p->name);
+    if (!t) {
+      char old[VL_NAME_MAX];
+      vl_weights_legacy_name(p->name, old, sizeof old);
+      if (old[0]) t = vl_st_find(st, old);
+    }
     if (!t) {
       if (!missing++) snprintf(first_missing, sizeof first_missing, "%s", p->name);
       fprintf(stderr, "vltrain: %s: missing tensor %s\n", path, p->name);
@@ -84,7 +114,9 @@ int vl_weights_load(const vl_model *m, const char *path, float *host, int allow_
   }
   for (size_t k = 0; k < vl_st_count(st); k++) {
     const char *name = vl_st_tensor_name(vl_st_at(st, k));
-    if (vl_model_find(m, name) < 0 &&
+    char modern[VL_NAME_MAX];
+    modern_name(name, modern, sizeof modern);
+    if (vl_model_find(m, name) < 0 && !(modern[0] && vl_model_find(m, modern) >= 0) &&
         !(m->cfg.text.tie_word_embeddings && strcmp(name, "lm_head.weight") == 0)) {
       if (!unexpected++) snprintf(first_extra, sizeof first_extra, "%s", name);
       if (!allow_unexpected) fprintf(stderr, "vltrain: %s: unexpected tensor %s\n", path, name);
