@@ -254,7 +254,7 @@ void vl_graph_memory_plan(const vl_model *m, const vl_train_config *train, int w
     plan->master = 0;
     plan->moments = shard * 8;
   } else {
-    plan->master = elem_size == 4 ? 0 : shard * 4; /* fp32 weights are the masters */
+    plan->master = shard * 4; /* allocated on the CPU backend too */
     plan->moments = shard * 8;
   }
   plan->activations = vl_graph_activation_bytes(m, train->max_seq_len * mb,

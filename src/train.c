@@ -32,6 +32,7 @@ int vl_trainer_create(vl_trainer *t, const vl_config *cfg, const vl_model *m, vl
   VL_CALL(ops->put(ops, t->g.params, host_params, m->n_elements));
   VL_CALL(ops->zero(ops, t->g.grads, m->n_elements * ops->elem_size));
   VL_CALL(vl_optim_create(&t->opt, m, ops, comm, tc, host_params));
+  vl_optim_bind(&t->opt, &t->g);
   return VL_OK;
 }
 
