@@ -95,19 +95,38 @@ static int size_or_alloc(sizer *s, int want_logits) {
   VL_CALL(take(s, &g->vrope_sin, P * vhd * sizeof(float), "vision rope sin"));
   VL_CALL(take(s, &g->pixels, P * (size_t)vl_model_patch_dim(m) * el, "pixels"));
 
-  /* vision activations */
+  /* vision activations (recompute: one shared set + every layer's output) */
   VL_CALL(take(s, &g->vx0, P * Vh * el, "patch embeddings"));
-  for (int l = 0; l < c->vision.depth; l++)
-    VL_CALL(layer_acts(s, &g->vlayers[l], P, Vh, 3 * Vh, Vh, Vi, Vi,
-                       c->vision.num_heads, 0, 1, el));
+  if (g->recompute && c->vision.depth > 0)
+    VL_CALL(layer_acts(s, &g->vwork, P, Vh, 3 * Vh, Vh, Vi, Vi, c->vision.num_heads, 0, 1, el));
+  for (int l = 0; l < c->vision.depth; l++) {
+    if (!g->recompute) {
+      VL_CALL(layer_acts(s, &g->vlayers[l], P, Vh, 3 * Vh, Vh, Vi, Vi,
+                         c->vision.num_heads, 0, 1, el));
+      continue;
+    }
+    g->vlayers[l] = g->vwork;
+    VL_CALL(take(s, &g->vlayers[l].x_out, P * Vh * el, "vision layer output"));
+  }
   VL_CALL(merger_acts(s, &g->merger, Pm, Vh4, H, 0, el));
   for (int k = 0; k < nds; k++) VL_CALL(merger_acts(s, &g->ds[k], Pm, Vh4, H, 1, el));
 
   /* LLM activations */
   VL_CALL(take(s, &g->x0, T * H * el, "embeddings"));
-  for (int l = 0; l < c->text.num_hidden_layers; l++)
-    VL_CALL(layer_acts(s, &g->layers[l], T, H, W, qd, 2 * I, I, nh,
-                       m->layers[l].q_norm_w >= 0 ? nh + nkv : 0, 0, el));
+  int qk_any = 0;
+  for (int l = 0; l < c->text.num_hidden_layers; l++) qk_any |= m->layers[l].q_norm_w >= 0;
+  if (g->recompute && c->text.num_hidden_layers > 0)
+    VL_CALL(layer_acts(s, &g->twork, T, H, W, qd, 2 * I, I, nh, qk_any ? nh + nkv : 0, 0, el));
+  for (int l = 0; l < c->text.num_hidden_layers; l++) {
+    if (!g->recompute) {
+      VL_CALL(layer_acts(s, &g->layers[l], T, H, W, qd, 2 * I, I, nh,
+                         m->layers[l].q_norm_w >= 0 ? nh + nkv : 0, 0, el));
+      continue;
+    }
+    g->layers[l] = g->twork;
+    if (m->layers[l].q_norm_w < 0) g->layers[l].qk_rstd = NULL;
+    VL_CALL(take(s, &g->layers[l].x_out, T * H * el, "layer output"));
+  }
   VL_CALL(take(s, &g->xf, T * H * el, "final norm"));
   VL_CALL(take(s, &g->xf_rstd, T * sizeof(float), "final norm rstd"));
   VL_CALL(take(s, &g->loss, T * sizeof(float), "per-token loss"));
@@ -140,10 +159,12 @@ static int alloc_tables(vl_graph *g) {
   return VL_OK;
 }
 
-size_t vl_graph_activation_bytes(const vl_model *m, int max_T, int max_P, size_t elem_size) {
+size_t vl_graph_activation_bytes(const vl_model *m, int max_T, int max_P, size_t elem_size,
+                                 int recompute) {
   vl_graph g;
   memset(&g, 0, sizeof g);
   g.m = m;
+  g.recompute = recompute;
   g.max_T = max_T;
   g.max_P = max_P;
   if (alloc_tables(&g) != VL_OK) return 0;
@@ -160,7 +181,13 @@ int vl_graph_create(vl_graph *g, const vl_model *m, vl_ops *ops, int max_T, int 
 
 int vl_graph_create_padded(vl_graph *g, const vl_model *m, vl_ops *ops, int max_T, int max_P,
                            int want_logits, size_t n_alloc) {
+  return vl_graph_create_opts(g, m, ops, max_T, max_P, want_logits, n_alloc, 0);
+}
+
+int vl_graph_create_opts(vl_graph *g, const vl_model *m, vl_ops *ops, int max_T, int max_P,
+                         int want_logits, size_t n_alloc, int recompute) {
   memset(g, 0, sizeof *g);
+  g->recompute = recompute != 0;
   if (n_alloc < m->n_elements) n_alloc = m->n_elements;
   g->n_alloc = n_alloc;
   g->m = m;
@@ -196,10 +223,19 @@ void vl_graph_destroy(vl_graph *g) {
   for (size_t i = 0; i < sizeof singles / sizeof *singles; i++)
     if (singles[i]) o->free(o, singles[i]);
   const vl_model_config *c = &g->m->cfg;
-  for (int l = 0; g->vlayers && l < c->vision.depth; l++)
-    free_all(g, (void **)&g->vlayers[l].ln1, (void **)&g->vlayers[l].lse);
-  for (int l = 0; g->layers && l < c->text.num_hidden_layers; l++)
-    free_all(g, (void **)&g->layers[l].ln1, (void **)&g->layers[l].lse);
+  if (g->recompute) { /* the shared sets once, then each layer's own output */
+    free_all(g, (void **)&g->vwork.ln1, (void **)&g->vwork.lse);
+    free_all(g, (void **)&g->twork.ln1, (void **)&g->twork.lse);
+    for (int l = 0; g->vlayers && l < c->vision.depth; l++)
+      if (g->vlayers[l].x_out) o->free(o, g->vlayers[l].x_out);
+    for (int l = 0; g->layers && l < c->text.num_hidden_layers; l++)
+      if (g->layers[l].x_out) o->free(o, g->layers[l].x_out);
+  } else {
+    for (int l = 0; g->vlayers && l < c->vision.depth; l++)
+      free_all(g, (void **)&g->vlayers[l].ln1, (void **)&g->vlayers[l].lse);
+    for (int l = 0; g->layers && l < c->text.num_hidden_layers; l++)
+      free_all(g, (void **)&g->layers[l].ln1, (void **)&g->layers[l].lse);
+  }
   if (g->ds || g->merger.ln) {
     free_all(g, (void **)&g->merger.ln, (void **)&g->merger.rstd);
     for (int k = 0; g->ds && k < c->vision.n_deepstack; k++)
@@ -244,6 +280,8 @@ int vl_graph_set_batch(vl_graph *g, const vl_batch *b) {
 void vl_graph_memory_plan(const vl_model *m, const vl_train_config *train, int world,
                           size_t elem_size, vl_memory_plan *plan) {
   memset(plan, 0, sizeof *plan);
+  plan->lean = train->optimizer == VL_OPTIM_LEAN;
+  plan->recompute = train->recompute != 0;
   size_t n = m->n_elements;
   size_t shard = (n + (size_t)world - 1) / (size_t)world;
   int mb = train->micro_batch;
@@ -258,7 +296,8 @@ void vl_graph_memory_plan(const vl_model *m, const vl_train_config *train, int w
     plan->moments = shard * 8;
   }
   plan->activations = vl_graph_activation_bytes(m, train->max_seq_len * mb,
-                                                train->max_vision_patches * mb, elem_size);
+                                                train->max_vision_patches * mb, elem_size,
+                                                train->recompute);
   /* loss chunk: up to 1,024 rows of fp32 logits and their gradient */
   size_t rows = (size_t)train->max_seq_len * mb < 1024 ? (size_t)train->max_seq_len * mb : 1024;
   plan->workspace = rows * (size_t)m->cfg.text.vocab_size * 4 * 2;
@@ -271,9 +310,13 @@ void vl_graph_print_memory_plan(const vl_memory_plan *p, const char *device) {
   printf("memory plan per rank (%s):\n", device);
   printf("  weights      %9.3f GiB\n", p->weights / G);
   printf("  gradients    %9.3f GiB\n", p->grads / G);
-  printf("  fp32 master  %9.3f GiB (ZeRO-1 shard)\n", p->master / G);
+  if (p->lean)
+    printf("  fp32 master  %9.3f GiB (train.optimizer: lean: none)\n", p->master / G);
+  else
+    printf("  fp32 master  %9.3f GiB (ZeRO-1 shard)\n", p->master / G);
   printf("  AdamW m, v   %9.3f GiB (ZeRO-1 shard)\n", p->moments / G);
-  printf("  activations  %9.3f GiB (one micro-batch, saved for backward)\n", p->activations / G);
+  printf("  activations  %9.3f GiB (one micro-batch, saved for backward%s)\n", p->activations / G,
+         p->recompute ? "; recomputed per layer" : "");
   printf("  workspace    %9.3f GiB (loss chunks)\n", p->workspace / G);
   printf("  total        %9.3f GiB\n", p->total / G);
 }
