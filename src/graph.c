@@ -2,6 +2,8 @@
  * the memory plan.  The passes are in forward.c and backward.c. */
 #include "graph.h"
 
+#include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -306,17 +308,92 @@ void vl_graph_memory_plan(const vl_model *m, const vl_train_config *train, int w
 }
 
 void vl_graph_print_memory_plan(const vl_memory_plan *p, const char *device) {
-  const double G = 1024.0 * 1024.0 * 1024.0;
+  /* GiB, or MiB for small models (tests) */
+  const int mib = p->total < ((size_t)1 << 30);
+  const double G = mib ? 1048576.0 : 1073741824.0;
+  const char *u = mib ? "MiB" : "GiB";
   printf("memory plan per rank (%s):\n", device);
-  printf("  weights      %9.3f GiB\n", p->weights / G);
-  printf("  gradients    %9.3f GiB\n", p->grads / G);
+  printf("  weights      %9.3f %s\n", p->weights / G, u);
+  printf("  gradients    %9.3f %s\n", p->grads / G, u);
   if (p->lean)
-    printf("  fp32 master  %9.3f GiB (train.optimizer: lean: none)\n", p->master / G);
+    printf("  fp32 master  %9.3f %s (train.optimizer: lean: none)\n", p->master / G, u);
   else
-    printf("  fp32 master  %9.3f GiB (ZeRO-1 shard)\n", p->master / G);
-  printf("  AdamW m, v   %9.3f GiB (ZeRO-1 shard)\n", p->moments / G);
-  printf("  activations  %9.3f GiB (one micro-batch, saved for backward%s)\n", p->activations / G,
+    printf("  fp32 master  %9.3f %s (ZeRO-1 shard)\n", p->master / G, u);
+  printf("  AdamW m, v   %9.3f %s (ZeRO-1 shard)\n", p->moments / G, u);
+  printf("  activations  %9.3f %s (one micro-batch, saved for backward%s)\n", p->activations / G, u,
          p->recompute ? "; recomputed per layer" : "");
-  printf("  workspace    %9.3f GiB (loss chunks)\n", p->workspace / G);
-  printf("  total        %9.3f GiB\n", p->total / G);
+  printf("  workspace    %9.3f %s (loss chunks)\n", p->workspace / G, u);
+  printf("  total        %9.3f %s\n", p->total / G, u);
+}
+
+/* appends to buf (always terminated) */
+static void add(char *buf, size_t n, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void add(char *buf, size_t n, const char *fmt, ...) {
+  size_t used = strlen(buf);
+  if (used + 1 >= n) return;
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(buf + used, n - used, fmt, ap);
+  va_end(ap);
+}
+
+/* "12.34 GiB", "5.6 MiB" or "789 KiB" */
+static const char *sz(char *out, double bytes) {
+  if (bytes >= 1073741824.0) snprintf(out, 24, "%.2f GiB", bytes / 1073741824.0);
+  else if (bytes >= 1048576.0) snprintf(out, 24, "%.2f MiB", bytes / 1048576.0);
+  else snprintf(out, 24, "%.1f KiB", bytes / 1024.0);
+  return out;
+}
+
+int vl_graph_memory_advice(const vl_model *m, const vl_train_config *train, int world,
+                           size_t elem_size, size_t free_bytes, char *buf, size_t n) {
+  char b0[24], b1[24], b2[24];
+  vl_memory_plan p;
+  vl_graph_memory_plan(m, train, world, elem_size, &p);
+  buf[0] = '\0';
+  if (p.total <= free_bytes) return 0;
+  add(buf, n, "the memory plan needs %s per rank, %s are free (%s short). What would help:",
+      sz(b0, p.total), sz(b1, free_bytes), sz(b2, p.total - free_bytes));
+  /* ZeRO-1: master and moments shrink with the number of ranks */
+  const size_t fixed = p.weights + p.grads + p.activations + p.workspace;
+  const double state = (double)(p.master + p.moments) * world; /* whole optimizer state */
+  if (fixed < free_bytes) {
+    long need = (long)ceil(state / (double)(free_bytes - fixed));
+    if (need > world)
+      add(buf, n, "\n  - more ranks: ZeRO-1 shards the optimizer state (%s in all): "
+          "%ld ranks of this size would fit", sz(b0, state), need);
+  } else {
+    add(buf, n, "\n  - more ranks alone cannot help: weights, gradients and activations "
+        "(%s) are not sharded", sz(b0, fixed));
+  }
+  vl_train_config t = *train;
+  if (train->optimizer != VL_OPTIM_LEAN) {
+    vl_memory_plan q;
+    t.optimizer = VL_OPTIM_LEAN;
+    vl_graph_memory_plan(m, &t, world, elem_size, &q);
+    add(buf, n, "\n  - train.optimizer: lean (bf16 weights with stochastic rounding, no fp32 "
+        "master): saves %s%s", sz(b0, p.total - q.total),
+        q.total <= free_bytes ? ", enough alone" : "");
+    t.optimizer = train->optimizer;
+  }
+  if (!train->recompute) {
+    vl_memory_plan q;
+    t.recompute = 1;
+    vl_graph_memory_plan(m, &t, world, elem_size, &q);
+    add(buf, n, "\n  - train.recompute: true (activations rebuilt per layer in the backward): "
+        "saves %s%s", sz(b0, p.total - q.total), q.total <= free_bytes ? ", enough alone" : "");
+    t.recompute = train->recompute;
+  }
+  {
+    vl_memory_plan q;
+    t.max_seq_len = train->max_seq_len / 2;
+    t.max_vision_patches = train->max_vision_patches / 2;
+    vl_graph_memory_plan(m, &t, world, elem_size, &q);
+    add(buf, n, "\n  - smaller train.max_seq_len / train.max_vision_patches / train.micro_batch: "
+        "activations are %s; halving both sequence limits saves %s%s", sz(b0, p.activations),
+        sz(b1, p.total - q.total), q.total <= free_bytes ? ", enough alone" : "");
+  }
+  add(buf, n, "\n  (train.freeze saves compute in the backward, not memory: gradients and "
+      "optimizer state are kept for every parameter)");
+  return 1;
 }

@@ -129,6 +129,13 @@ typedef struct {
 void vl_graph_memory_plan(const vl_model *m, const vl_train_config *train, int world,
                           size_t elem_size, vl_memory_plan *plan);
 void vl_graph_print_memory_plan(const vl_memory_plan *plan, const char *device);
+/* When the plan for (train, world) needs more than free_bytes: writes into
+ * buf what would make it fit -- more ranks (ZeRO-1), train.optimizer: lean,
+ * train.recompute: true, shorter sequences / fewer patches -- with the bytes
+ * each saves and whether it alone would be enough; returns 1.  Returns 0
+ * (buf "") when it fits. */
+int vl_graph_memory_advice(const vl_model *m, const vl_train_config *train, int world,
+                           size_t elem_size, size_t free_bytes, char *buf, size_t n);
 
 /* Pointer to parameter i inside a block (params or grads); NULL if i < 0. */
 static inline vl_t *vl_graph_param(const vl_graph *g, vl_t *block, int i) {

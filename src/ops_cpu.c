@@ -8,6 +8,7 @@
  * w * x * rsqrt(mean(x^2) + eps), rotate-half RoPE, softmax attention in fp32.
  * Backwards accumulate (+=) and skip NULL gradients, as ops.h requires. */
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -91,6 +92,18 @@ static int cpu_mem_info(vl_ops *o, size_t *free_b, size_t *total_b) {
   long ps = sysconf(_SC_PAGESIZE);
   *total_b = pages > 0 && ps > 0 ? (size_t)pages * (size_t)ps : 0;
   *free_b = avail > 0 && ps > 0 ? (size_t)avail * (size_t)ps : 0;
+  /* Linux: MemAvailable counts reclaimable page cache, which "free" does not */
+  FILE *f = fopen("/proc/meminfo", "r");
+  if (f) {
+    char line[128];
+    unsigned long long kb;
+    while (fgets(line, sizeof line, f))
+      if (sscanf(line, "MemAvailable: %llu kB", &kb) == 1) {
+        *free_b = (size_t)kb * 1024;
+        break;
+      }
+    fclose(f);
+  }
   return VL_OK;
 }
 
