@@ -6,6 +6,18 @@
 #include <string.h>
 #include <time.h>
 
+#ifdef VL_HAVE_CUDA
+#include <cublasLt.h>
+#include <cuda_runtime.h>
+#include <nccl.h>
+#endif
+#ifdef _OPENMP
+#include <omp.h>
+static int omp_threads(void) { return omp_get_max_threads(); }
+#else
+static int omp_threads(void) { return 1; }
+#endif
+
 #include "batch.h"
 #include "comm.h"
 #include "config.h"
@@ -25,6 +37,56 @@ static void usage(FILE *f) {
           "At start vltrain prints the memory plan and stops (exit 1, with advice)\n"
           "when it does not fit the free device memory.  Environment:\n"
           "  VL_MEMORY_LIMIT_BYTES=N   treat at most N bytes as free (tests of the check)\n");
+}
+
+/* One line of this rank's software: backend, CUDA runtime and driver,
+ * cuBLASLt, NCCL, MPI library. */
+static void versions(const vl_comm *comm, char *buf, size_t n) {
+  char mpi[MPI_MAX_LIBRARY_VERSION_STRING] = "?";
+  int len = 0;
+  if (MPI_Get_library_version(mpi, &len) != MPI_SUCCESS) snprintf(mpi, sizeof mpi, "?");
+  mpi[strcspn(mpi, ",\n")] = '\0'; /* "Open MPI v4.1.4, package: ..." -> the name and version */
+#ifdef VL_HAVE_CUDA
+  if (comm->backend == VL_BACKEND_CUDA) {
+    int rt = 0, drv = 0, nccl = 0;
+    if (cudaRuntimeGetVersion(&rt) != cudaSuccess) rt = -1;
+    if (cudaDriverGetVersion(&drv) != cudaSuccess) drv = -1;
+    if (ncclGetVersion(&nccl) != ncclSuccess) nccl = -1;
+    size_t lt = cublasLtGetVersion();
+    snprintf(buf, n, "backend cuda (bf16), CUDA runtime %d.%d, driver supports CUDA %d.%d, "
+             "cuBLASLt %zu.%zu.%zu, NCCL %d.%d.%d, %.100s", rt / 1000, rt % 1000 / 10, drv / 1000,
+             drv % 1000 / 10, lt / 10000, lt / 100 % 100, lt % 100, nccl / 10000, nccl / 100 % 100,
+             nccl % 100, mpi);
+    return;
+  }
+#endif
+  snprintf(buf, n, "backend cpu (fp32, %d OpenMP thread(s)), %.100s", omp_threads(), mpi);
+}
+
+/* Rank 0 prints rank 0's software line and which ranks differ from it. */
+static int print_versions(const vl_comm *comm) {
+  enum { LINE = 256 };
+  char mine[LINE];
+  memset(mine, 0, sizeof mine);
+  versions(comm, mine, sizeof mine);
+  char *all = comm->rank == 0 ? calloc((size_t)comm->size, LINE) : NULL;
+  int fail = comm->rank == 0 && !all;
+  MPI_Bcast(&fail, 1, MPI_INT, 0, comm->world);
+  if (fail) VL_ERROR(VL_ENOMEM, "the software table of %d ranks", comm->size);
+  int m = MPI_Gather(mine, LINE, MPI_CHAR, all, LINE, MPI_CHAR, 0, comm->world);
+  if (m != MPI_SUCCESS) { free(all); VL_ERROR(VL_EMPI, "MPI_Gather of the software versions failed"); }
+  if (comm->rank == 0) {
+    int differ = 0;
+    printf("software: %s%s\n", all, comm->size > 1 ? " (all ranks alike unless listed)" : "");
+    for (int r = 1; r < comm->size; r++)
+      if (strcmp(all + (size_t)r * LINE, all)) {
+        if (!differ++) printf("  differs on:\n");
+        printf("  rank %d: %s\n", r, all + (size_t)r * LINE);
+      }
+    fflush(stdout);
+  }
+  free(all);
+  return VL_OK;
 }
 
 /* Which backend the plan is for: cuda when asked, or auto in a CUDA build. */
@@ -163,7 +225,9 @@ int main(int argc, char **argv) {
                comm.backend == VL_BACKEND_CUDA ? "cuda" : "cpu");
         vl_model_print_summary(&m);
       }
-      rc = vl_comm_print_map(&comm);
+      rc = print_versions(&comm);
+      if (rc == VL_OK && rank == 0) printf("rank -> host -> device:\n");
+      if (rc == VL_OK) rc = vl_comm_print_map(&comm);
       vl_train_catch_signals();
       if (rc == VL_OK) rc = train(&cfg, &m, &comm);
     }

@@ -1,5 +1,6 @@
 #!/bin/sh
-# The memory check at start: vltrain prints the plan and the free memory,
+# The start-up report (software versions, rank map) and the memory check:
+# vltrain prints the plan and the free memory,
 # and a run that does not fit stops before allocating with ONE error from
 # rank 0 that says what would help, exit 1.  VL_MEMORY_LIMIT_BYTES (a
 # test-only cap on the free memory the check sees) makes the micro model
@@ -21,6 +22,9 @@ EOY
 grep -q "memory plan per rank" "$dir/ok.out" || fail "no plan printed"
 grep -q "  free " "$dir/ok.out" || fail "no free memory printed"
 grep -q "step 1/1" "$dir/ok.out" || fail "did not train"
+# the start-up report: software versions once, the rank -> host -> device map
+[ "$(grep -c '^software: backend cpu' "$dir/ok.out")" -eq 1 ] || fail "no single software line"
+grep -q "^rank -> host -> device:" "$dir/ok.out" && grep -q "rank 1  host .* device cpu" "$dir/ok.out" || fail "no rank map"
 # 2. a cap below the plan: one error, from rank 0, with advice; nothing trained
 VL_MEMORY_LIMIT_BYTES=300000 "$MPIRUN" --oversubscribe -np 2 "$bin" "$dir/run.yaml" > "$dir/no.out" 2> "$dir/no.err"; rc=$?
 cat "$dir/no.err"
