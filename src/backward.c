@@ -161,20 +161,11 @@ static int text_backward(vl_graph *g) {
   return VL_OK;
 }
 
-/* True when no vision-side parameter wants a gradient (frozen tower). */
-static int vision_frozen(const vl_graph *g) {
-  for (int i = 0; i < g->m->n_params; i++) {
-    const vl_param *p = &g->m->params[i];
-    if ((p->group == VL_GROUP_VISION || p->group == VL_GROUP_MERGER) && !p->frozen) return 0;
-  }
-  return 1;
-}
-
 int vl_graph_backward(vl_graph *g) {
   double t0 = vl_graph_clock(g);
   VL_CALL(text_backward(g));
   double t1 = vl_graph_clock(g);
-  if (g->P > 0 && !vision_frozen(g)) VL_CALL(vision_backward(g));
+  if (g->P > 0 && !vl_graph_vision_frozen(g->m)) VL_CALL(vision_backward(g));
   double t2 = vl_graph_clock(g);
   g->phase_s[3] += t1 - t0;
   g->phase_s[4] += t2 - t1;

@@ -99,9 +99,13 @@ static int size_or_alloc(sizer *s, int want_logits) {
 
   /* vision activations (recompute: one shared set + every layer's output) */
   VL_CALL(take(s, &g->vx0, P * Vh * el, "patch embeddings"));
-  if (g->recompute && c->vision.depth > 0)
+  if ((g->recompute || g->vision_shared) && c->vision.depth > 0)
     VL_CALL(layer_acts(s, &g->vwork, P, Vh, 3 * Vh, Vh, Vi, Vi, c->vision.num_heads, 0, 1, el));
   for (int l = 0; l < c->vision.depth; l++) {
+    if (g->vision_shared) { /* no backward: x_out shared too (layer l reads it first) */
+      g->vlayers[l] = g->vwork;
+      continue;
+    }
     if (!g->recompute) {
       VL_CALL(layer_acts(s, &g->vlayers[l], P, Vh, 3 * Vh, Vh, Vi, Vi,
                          c->vision.num_heads, 0, 1, el));
@@ -161,12 +165,21 @@ static int alloc_tables(vl_graph *g) {
   return VL_OK;
 }
 
-size_t vl_graph_activation_bytes(const vl_model *m, int max_T, int max_P, size_t elem_size,
-                                 int recompute) {
+int vl_graph_vision_frozen(const vl_model *m) {
+  for (int i = 0; i < m->n_params; i++) {
+    const vl_param *p = &m->params[i];
+    if ((p->group == VL_GROUP_VISION || p->group == VL_GROUP_MERGER) && !p->frozen) return 0;
+  }
+  return 1;
+}
+
+static size_t activation_bytes(const vl_model *m, int max_T, int max_P, size_t elem_size,
+                               int recompute, int vision_shared) {
   vl_graph g;
   memset(&g, 0, sizeof g);
   g.m = m;
   g.recompute = recompute;
+  g.vision_shared = vision_shared;
   g.max_T = max_T;
   g.max_P = max_P;
   if (alloc_tables(&g) != VL_OK) return 0;
@@ -174,6 +187,11 @@ size_t vl_graph_activation_bytes(const vl_model *m, int max_T, int max_P, size_t
   size_or_alloc(&s, 0);
   free(g.vlayers); free(g.layers); free(g.ds); free(g.seq_host); free(g.vseg_host);
   return s.bytes;
+}
+
+size_t vl_graph_activation_bytes(const vl_model *m, int max_T, int max_P, size_t elem_size,
+                                 int recompute) {
+  return activation_bytes(m, max_T, max_P, elem_size, recompute, vl_graph_vision_frozen(m));
 }
 
 int vl_graph_create(vl_graph *g, const vl_model *m, vl_ops *ops, int max_T, int max_P,
@@ -190,6 +208,7 @@ int vl_graph_create_opts(vl_graph *g, const vl_model *m, vl_ops *ops, int max_T,
                          int want_logits, size_t n_alloc, int recompute) {
   memset(g, 0, sizeof *g);
   g->recompute = recompute != 0;
+  g->vision_shared = vl_graph_vision_frozen(m);
   if (n_alloc < m->n_elements) n_alloc = m->n_elements;
   g->n_alloc = n_alloc;
   g->m = m;
@@ -225,18 +244,23 @@ void vl_graph_destroy(vl_graph *g) {
   for (size_t i = 0; i < sizeof singles / sizeof *singles; i++)
     if (singles[i]) o->free(o, singles[i]);
   const vl_model_config *c = &g->m->cfg;
-  if (g->recompute) { /* the shared sets once, then each layer's own output */
-    free_all(g, (void **)&g->vwork.ln1, (void **)&g->vwork.lse);
-    free_all(g, (void **)&g->twork.ln1, (void **)&g->twork.lse);
-    for (int l = 0; g->vlayers && l < c->vision.depth; l++)
+  /* the shared sets once, then what each layer owns */
+  free_all(g, (void **)&g->vwork.ln1, (void **)&g->vwork.lse);
+  free_all(g, (void **)&g->twork.ln1, (void **)&g->twork.lse);
+  for (int l = 0; g->vlayers && l < c->vision.depth; l++) {
+    if (g->vision_shared) continue;
+    if (g->recompute) {
       if (g->vlayers[l].x_out) o->free(o, g->vlayers[l].x_out);
-    for (int l = 0; g->layers && l < c->text.num_hidden_layers; l++)
-      if (g->layers[l].x_out) o->free(o, g->layers[l].x_out);
-  } else {
-    for (int l = 0; g->vlayers && l < c->vision.depth; l++)
+    } else {
       free_all(g, (void **)&g->vlayers[l].ln1, (void **)&g->vlayers[l].lse);
-    for (int l = 0; g->layers && l < c->text.num_hidden_layers; l++)
+    }
+  }
+  for (int l = 0; g->layers && l < c->text.num_hidden_layers; l++) {
+    if (g->recompute) {
+      if (g->layers[l].x_out) o->free(o, g->layers[l].x_out);
+    } else {
       free_all(g, (void **)&g->layers[l].ln1, (void **)&g->layers[l].lse);
+    }
   }
   if (g->ds || g->merger.ln) {
     free_all(g, (void **)&g->merger.ln, (void **)&g->merger.rstd);
@@ -279,8 +303,16 @@ int vl_graph_set_batch(vl_graph *g, const vl_batch *b) {
   return VL_OK;
 }
 
+static void memory_plan(const vl_model *m, const vl_train_config *train, int world,
+                        size_t elem_size, int vision_shared, vl_memory_plan *plan);
+
 void vl_graph_memory_plan(const vl_model *m, const vl_train_config *train, int world,
                           size_t elem_size, vl_memory_plan *plan) {
+  memory_plan(m, train, world, elem_size, vl_graph_vision_frozen(m), plan);
+}
+
+static void memory_plan(const vl_model *m, const vl_train_config *train, int world,
+                        size_t elem_size, int vision_shared, vl_memory_plan *plan) {
   memset(plan, 0, sizeof *plan);
   plan->lean = train->optimizer == VL_OPTIM_LEAN;
   plan->recompute = train->recompute != 0;
@@ -297,9 +329,9 @@ void vl_graph_memory_plan(const vl_model *m, const vl_train_config *train, int w
     plan->master = shard * 4; /* allocated on the CPU backend too */
     plan->moments = shard * 8;
   }
-  plan->activations = vl_graph_activation_bytes(m, train->max_seq_len * mb,
-                                                train->max_vision_patches * mb, elem_size,
-                                                train->recompute);
+  plan->activations = activation_bytes(m, train->max_seq_len * mb, train->max_vision_patches * mb,
+                                       elem_size, train->recompute, vision_shared);
+  plan->vision_frozen = vision_shared;
   /* loss chunk: up to 1,024 rows of fp32 logits and their gradient */
   size_t rows = (size_t)train->max_seq_len * mb < 1024 ? (size_t)train->max_seq_len * mb : 1024;
   plan->workspace = rows * (size_t)m->cfg.text.vocab_size * 4 * 2;
@@ -320,8 +352,8 @@ void vl_graph_print_memory_plan(const vl_memory_plan *p, const char *device) {
   else
     printf("  fp32 master  %9.3f %s (ZeRO-1 shard)\n", p->master / G, u);
   printf("  AdamW m, v   %9.3f %s (ZeRO-1 shard)\n", p->moments / G, u);
-  printf("  activations  %9.3f %s (one micro-batch, saved for backward%s)\n", p->activations / G, u,
-         p->recompute ? "; recomputed per layer" : "");
+  printf("  activations  %9.3f %s (one micro-batch, saved for backward%s%s)\n", p->activations / G, u,
+         p->recompute ? "; recomputed per layer" : "", p->vision_frozen ? "; vision tower frozen" : "");
   printf("  workspace    %9.3f %s (loss chunks)\n", p->workspace / G, u);
   printf("  total        %9.3f %s\n", p->total / G, u);
 }
@@ -393,7 +425,12 @@ int vl_graph_memory_advice(const vl_model *m, const vl_train_config *train, int 
         "activations are %s; halving both sequence limits saves %s%s", sz(b0, p.activations),
         sz(b1, p.total - q.total), q.total <= free_bytes ? ", enough alone" : "");
   }
-  add(buf, n, "\n  (train.freeze saves compute in the backward, not memory: gradients and "
-      "optimizer state are kept for every parameter)");
+  if (!vl_graph_vision_frozen(m)) {
+    vl_memory_plan q;
+    memory_plan(m, train, world, elem_size, 1, &q);
+    add(buf, n, "\n  - train.freeze: \"model.visual.*\" (no backward through the vision tower, "
+        "so none of its activations are kept): saves %s%s", sz(b0, p.total - q.total),
+        q.total <= free_bytes ? ", enough alone" : "");
+  }
   return 1;
 }

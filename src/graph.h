@@ -77,6 +77,9 @@ typedef struct {
    * forward (vl_graph_layer_forward) in the backward pass. */
   int recompute;
   vl_layer_acts vwork, twork;
+  /* A frozen vision tower (vl_graph_vision_frozen at creation) has no
+   * backward: its layers share one activation set, x_out included. */
+  int vision_shared;
   /* VL_PROFILE=1: seconds per phase (synchronised), summed over calls:
    * vision forward, text forward, loss, text backward, vision backward */
   int profile;
@@ -115,6 +118,11 @@ int vl_graph_backward(vl_graph *g);
  * writes x_out and the DeepStack pieces.  forward.c; backward.c calls it. */
 int vl_graph_layer_forward(vl_graph *g, int vision, int l, const vl_t *x, int full);
 
+/* True when no vision-side parameter (tower, mergers) wants a gradient: the
+ * backward skips the tower, and graphs created so keep none of its
+ * activations.  Freeze before creating the graph. */
+int vl_graph_vision_frozen(const vl_model *m);
+
 /* Bytes of activations (and gradient scratch) vl_graph_create_opts allocates
  * for max_T tokens and max_P patches with elements of elem_size bytes. */
 size_t vl_graph_activation_bytes(const vl_model *m, int max_T, int max_P, size_t elem_size,
@@ -123,7 +131,7 @@ size_t vl_graph_activation_bytes(const vl_model *m, int max_T, int max_P, size_t
 /* Per-rank memory plan, in bytes. */
 typedef struct {
   size_t weights, grads, master, moments, activations, workspace, total;
-  int lean, recompute;  /* the choices it was made for */
+  int lean, recompute, vision_frozen;  /* the choices it was made for */
 } vl_memory_plan;
 /* world: ranks sharing the ZeRO-1 optimizer state.  elem_size 4 (cpu) or 2 (cuda). */
 void vl_graph_memory_plan(const vl_model *m, const vl_train_config *train, int world,
@@ -131,8 +139,10 @@ void vl_graph_memory_plan(const vl_model *m, const vl_train_config *train, int w
 void vl_graph_print_memory_plan(const vl_memory_plan *plan, const char *device);
 /* When the plan for (train, world) needs more than free_bytes: writes into
  * buf what would make it fit -- more ranks (ZeRO-1), train.optimizer: lean,
- * train.recompute: true, shorter sequences / fewer patches -- with the bytes
- * each saves and whether it alone would be enough; returns 1.  Returns 0
+ * train.recompute: true, shorter sequences / fewer patches, train.freeze of
+ * the vision tower -- with the bytes
+ * each saves and whether it alone would be enough, freezing the vision tower
+ * (its activations); returns 1.  Returns 0
  * (buf "") when it fits. */
 int vl_graph_memory_advice(const vl_model *m, const vl_train_config *train, int world,
                            size_t elem_size, size_t free_bytes, char *buf, size_t n);

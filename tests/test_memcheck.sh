@@ -34,6 +34,7 @@ grep -q "does not fit: the memory plan needs" "$dir/no.err" || fail "no plan in 
 grep -q "train.recompute: true" "$dir/no.err" || fail "no recompute advice"
 grep -q "train.optimizer: lean" "$dir/no.err" || fail "no lean advice"
 grep -q "max_seq_len" "$dir/no.err" || fail "no sequence-length advice"
+grep -q 'train.freeze: "model.visual.\*"' "$dir/no.err" || fail "no vision-freeze advice"
 grep -q "capped by VL_MEMORY_LIMIT_BYTES" "$dir/no.out" || fail "the cap is not shown"
 grep -q "step 1/" "$dir/no.out" && fail "trained anyway"
 # 3. a cap between the unsharded part and the total: more ranks would fit

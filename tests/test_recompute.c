@@ -3,7 +3,9 @@
  * activation -- bit for bit on the CPU backend, which runs the same ops in
  * the same order -- over two accumulated micro-batches (images, DeepStack,
  * a text-only sample), and allocates fewer activation bytes; the memory
- * plan's activation line drops by the same amount.
+ * plan's activation line drops by the same amount.  A frozen vision tower
+ * (no backward through it) keeps none of its activations and gives the same
+ * loss and LLM gradients.
  * VL_TEST_BACKEND=cuda: the same on the GPU within 1e-2 (atomics: no bitwise
  * claim). */
 #include <math.h>
@@ -101,6 +103,40 @@ int main(void) {
   printf("%s: loss %.6f + %.6f, gradients %s with and without recompute (rel. diff %.2e); "
          "activations %zu -> %zu bytes\n", o->name, l0[0], l0[1],
          memcmp(g1, g0, n * 4) ? "close" : "bitwise equal", e, a0, a1);
+  /* a frozen vision tower keeps none of its activations: the same loss and
+   * LLM-side gradients bit for bit (CPU), no vision gradients */
+  {
+    vl_model mf;
+    size_t nf = 0;
+    float *gf = malloc(n * 4);
+    double lf[2] = {0, 0};
+    size_t af = 0;
+    CHECK(vl_model_build(&mf, &cfg.model) == VL_OK && vl_model_freeze(&mf, "model.visual.*", &nf) == VL_OK,
+          "freeze: %s", vl_err_last());
+    CHECK(vl_graph_vision_frozen(&mf) && !vl_graph_vision_frozen(&m), "vision_frozen");
+    CHECK(run(o, &mf, w, b, 2, 0, lf, gf, &af) == 0, "frozen vision: %s", vl_err_last());
+    size_t differ = 0, vision_nonzero = 0;
+    for (int i = 0; i < m.n_params; i++) {
+      const vl_param *p = &m.params[i];
+      const int vis = p->group == VL_GROUP_VISION || p->group == VL_GROUP_MERGER;
+      for (size_t j = p->offset; j < p->offset + p->numel; j++) {
+        if (vis) vision_nonzero += gf[j] != 0;
+        else differ += on_gpu ? fabsf(gf[j] - g0[j]) > 1e-2f * (fabsf(g0[j]) + 1e-3f) : memcmp(&gf[j], &g0[j], 4) != 0;
+      }
+    }
+    CHECK(on_gpu ? fabs(lf[0] - l0[0]) < 1e-2 * fabs(l0[0]) : lf[0] == l0[0] && lf[1] == l0[1],
+          "frozen vision: loss %.9g vs %.9g", lf[0], l0[0]);
+    CHECK(differ == 0 && vision_nonzero == 0, "frozen vision: %zu LLM gradients differ, %zu vision ones non-zero",
+          differ, vision_nonzero);
+    CHECK(af < a0, "frozen vision: activation bytes %zu vs %zu", af, a0);
+    vl_memory_plan pf;
+    vl_graph_memory_plan(&mf, &cfg.train, 1, o->elem_size, &pf);
+    CHECK(pf.activations == af, "frozen plan %zu vs allocated %zu", pf.activations, af);
+    printf("frozen vision tower: same loss, LLM gradients %s; activations %zu -> %zu bytes\n",
+           on_gpu ? "close" : "bitwise equal", a0, af);
+    free(gf);
+    vl_model_free(&mf);
+  }
   /* the plan follows the allocation */
   vl_memory_plan p0, p1;
   cfg.train.recompute = 0;
@@ -123,9 +159,14 @@ int main(void) {
       vl_graph_memory_plan(&m8, &c8.train, 1, 2, &q0);
       c8.train.recompute = 1;
       vl_graph_memory_plan(&m8, &c8.train, 1, 2, &q1);
-      printf("8B preset (%d tokens, %d patches, bf16): activations %.2f GiB -> %.2f GiB with recompute\n",
-             c8.train.max_seq_len, c8.train.max_vision_patches, q0.activations / 1073741824.0,
-             q1.activations / 1073741824.0);
+      vl_memory_plan q2;
+      size_t nf8 = 0;
+      c8.train.recompute = 0;
+      vl_model_freeze(&m8, "model.visual.*", &nf8);
+      vl_graph_memory_plan(&m8, &c8.train, 1, 2, &q2);
+      printf("8B preset (%d tokens, %d patches, bf16): activations %.2f GiB, %.2f GiB with recompute, "
+             "%.2f GiB with the vision tower frozen\n", c8.train.max_seq_len, c8.train.max_vision_patches,
+             q0.activations / 1073741824.0, q1.activations / 1073741824.0, q2.activations / 1073741824.0);
       CHECK(q1.activations < q0.activations / 2, "8B: recompute saves too little");
       vl_model_free(&m8);
       vl_config_free(&c8);
