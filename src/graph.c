@@ -428,7 +428,8 @@ int vl_graph_memory_advice(const vl_model *m, const vl_train_config *train, int 
   if (!vl_graph_vision_frozen(m)) {
     vl_memory_plan q;
     memory_plan(m, train, world, elem_size, 1, &q);
-    add(buf, n, "\n  - train.freeze: \"model.visual.*\" (no backward through the vision tower, "
+    if (q.total < p.total)
+      add(buf, n, "\n  - train.freeze: \"model.visual.*\" (no backward through the vision tower, "
         "so none of its activations are kept): saves %s%s", sz(b0, p.total - q.total),
         q.total <= free_bytes ? ", enough alone" : "");
   }

@@ -34,7 +34,8 @@ grep -q "does not fit: the memory plan needs" "$dir/no.err" || fail "no plan in 
 grep -q "train.recompute: true" "$dir/no.err" || fail "no recompute advice"
 grep -q "train.optimizer: lean" "$dir/no.err" || fail "no lean advice"
 grep -q "max_seq_len" "$dir/no.err" || fail "no sequence-length advice"
-grep -q 'train.freeze: "model.visual.\*"' "$dir/no.err" || fail "no vision-freeze advice"
+# (micro.yaml's one-block tower saves nothing by freezing: no such line)
+grep -q 'train.freeze' "$dir/no.err" && fail "vision-freeze advice that saves nothing"
 grep -q "capped by VL_MEMORY_LIMIT_BYTES" "$dir/no.out" || fail "the cap is not shown"
 grep -q "step 1/" "$dir/no.out" && fail "trained anyway"
 # 3. a cap between the unsharded part and the total: more ranks would fit
@@ -42,6 +43,14 @@ VL_MEMORY_LIMIT_BYTES=580000 "$MPIRUN" --oversubscribe -np 2 "$bin" "$dir/run.ya
 [ $rc -eq 1 ] || { cat "$dir/r.err"; fail "580000 bytes: exit $rc"; }
 grep "more ranks" "$dir/r.err"
 grep -q "more ranks: ZeRO-1 shards the optimizer state .* [0-9]* ranks of this size would fit" "$dir/r.err" || fail "no more-ranks advice"
+# 4. a two-block vision tower: freezing it would save its activations
+cat > "$dir/v2.yaml" <<EOY
+include: $dir/run.yaml
+model: {vision: {depth: 2}}
+EOY
+VL_MEMORY_LIMIT_BYTES=300000 "$MPIRUN" --oversubscribe -np 1 "$bin" "$dir/v2.yaml" > /dev/null 2> "$dir/v2.err"
+grep 'train.freeze' "$dir/v2.err"
+grep -q 'train.freeze: "model.visual.\*" (no backward through the vision tower' "$dir/v2.err" || { cat "$dir/v2.err"; fail "no vision-freeze advice"; }
 VL_MEMORY_LIMIT_BYTES=abc "$MPIRUN" --oversubscribe -np 1 "$bin" "$dir/run.yaml" > /dev/null 2> "$dir/bad.err" && fail "a bad cap accepted"
 grep -q "VL_MEMORY_LIMIT_BYTES=abc is not a number" "$dir/bad.err" || fail "bad cap message"
 echo "memory check ok"
