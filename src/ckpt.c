@@ -171,7 +171,16 @@ static int shard_to_host(const vl_optim *o, float **h) {
   const float *src[3] = {o->master, o->mom1, o->mom2};
   for (int k = 0; k < 3; k++) {
     VL_CALL(vl_malloc((void **)&h[k], bytes + 4, "checkpoint staging"));
-    VL_CALL(o->ops->get_raw(o->ops, h[k], src[k], bytes));
+    if (src[k]) {
+      VL_CALL(o->ops->get_raw(o->ops, h[k], src[k], bytes));
+      continue;
+    }
+    /* lean: no master; the working weights (bf16 on the GPU) as fp32 */
+    if (!o->work) VL_ERROR(VL_EINVAL, "lean optimizer without working weights (vl_optim_bind)");
+    memset(h[k], 0, bytes);
+    size_t mine = vl_optim_mine(o);
+    if (mine)
+      VL_CALL(o->ops->get(o->ops, h[k], (const char *)o->work + o->begin * o->ops->elem_size, mine));
   }
   return VL_OK;
 }
@@ -287,14 +296,15 @@ int vl_ckpt_load(const char *path, vl_optim *o, vl_t *params) {
     }
   }
   vl_ops *ops = o->ops;
-  VL_CALL_GOTO(rc, done, ops->put_raw(ops, o->master, h[0], o->shard * sizeof(float)));
+  if (o->master) /* lean: the weights below are the only copy */
+    VL_CALL_GOTO(rc, done, ops->put_raw(ops, o->master, h[0], o->shard * sizeof(float)));
   VL_CALL_GOTO(rc, done, ops->put_raw(ops, o->mom1, h[1], o->shard * sizeof(float)));
   VL_CALL_GOTO(rc, done, ops->put_raw(ops, o->mom2, h[2], o->shard * sizeof(float)));
   o->step = (int)step;
   /* working weights: my shard from the masters, then all-gathered in place */
   {
     const size_t el = ops->elem_size;
-    size_t mine = o->begin < o->n ? (o->n - o->begin < o->shard ? o->n - o->begin : o->shard) : 0;
+    size_t mine = vl_optim_mine(o);
     if (mine) VL_CALL_GOTO(rc, done, ops->put(ops, (char *)params + o->begin * el, h[0], mine));
     if (o->comm->size > 1) {
       VL_CALL_GOTO(rc, done, vl_comm_allgather_inplace(o->comm, el == 2 ? VL_COMM_BF16 : VL_COMM_F32,

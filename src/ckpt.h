@@ -2,6 +2,7 @@
  *
  * One file per checkpoint, OUT/ckpt/step_NNNNNNN.h5:
  *   /params/<HF name>         fp32 master weights, the tensor's HF shape
+ *                             (train.optimizer: lean: the working weights as fp32)
  *   /optimizer/m/<HF name>    AdamW first moment, same shape
  *   /optimizer/v/<HF name>    AdamW second moment
  *   attributes of /: format, vltrain version, step, world_size (writer's),

@@ -26,12 +26,13 @@ int vl_trainer_create(vl_trainer *t, const vl_config *cfg, const vl_model *m, vl
   memset(t, 0, sizeof *t);
   t->cfg = cfg; t->m = m; t->comm = comm; t->ops = ops;
   const vl_train_config *tc = &cfg->train;
-  VL_CALL(vl_graph_create_padded(&t->g, m, ops, tc->max_seq_len * tc->micro_batch,
-                                 tc->max_vision_patches * tc->micro_batch, 0,
-                                 vl_optim_padded_size(m->n_elements, comm->size)));
+  VL_CALL(vl_graph_create_opts(&t->g, m, ops, tc->max_seq_len * tc->micro_batch,
+                               tc->max_vision_patches * tc->micro_batch, 0,
+                               vl_optim_padded_size(m->n_elements, comm->size), tc->recompute));
   VL_CALL(ops->put(ops, t->g.params, host_params, m->n_elements));
   VL_CALL(ops->zero(ops, t->g.grads, m->n_elements * ops->elem_size));
   VL_CALL(vl_optim_create(&t->opt, m, ops, comm, tc, host_params));
+  vl_optim_bind(&t->opt, &t->g);
   return VL_OK;
 }
 

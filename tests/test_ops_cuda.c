@@ -383,6 +383,31 @@ static void test_optim(size_t n) {
   }
   e = mx(mx(cmp("adamw", "master", &master, 1e-5), cmp("adamw", "m", &m, 1e-5)), mx(cmp("adamw", "v", &v, 1e-5), cmp("adamw", "param", &p, 1e-2)));
   report("adamw (3 steps)", shape, e, last_ms);
+  /* lean AdamW (stochastic rounding): the same bits as the CPU backend */
+  buf lp = mk(n, 1, 0), lm = mk(n, 0.01f, 1), lv = mk(n, 0.01f, 1);
+  for (size_t i = 0; i < n; i++) lv.h[i] = lv.h[i] * lv.h[i];
+  cpu->put_raw(cpu, lv.c, lv.h, n * 4); gpu->put_raw(gpu, lv.g, lv.h, n * 4);
+  for (int t = 1; t <= 3; t++)
+    BOTH(cpu->adamw_lean(cpu, lm.c, lv.c, a.c, lp.c, n, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, 0.5f, t, 1234567u + t, 1000),
+         gpu->adamw_lean(gpu, lm.g, lv.g, a.g, lp.g, n, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, 0.5f, t, 1234567u + t, 1000));
+  {
+    float *x = malloc(n * 4), *y = malloc(n * 4), *x0 = malloc(n * 4);
+    size_t diff[3] = {0, 0, 0}, moved = 0;
+    const buf *bs[3] = {&lp, &lm, &lv};
+    for (int k = 0; k < 3; k++) {
+      if (k == 0) { cpu->get(cpu, x, lp.c, n); gpu->get(gpu, y, lp.g, n); }
+      else { cpu->get_raw(cpu, x, bs[k]->c, n * 4); gpu->get_raw(gpu, y, bs[k]->g, n * 4); }
+      for (size_t i = 0; i < n; i++) diff[k] += memcmp(&x[i], &y[i], 4) != 0;
+      if (k == 0) for (size_t i = 0; i < n; i++) moved += x[i] != lp.h[i];
+    }
+    CHECK(diff[0] == 0 && diff[1] == 0 && diff[2] == 0,
+          "adamw_lean: %zu weights, %zu m, %zu v of %zu differ from the CPU's bits", diff[0], diff[1], diff[2], n);
+    CHECK(moved > n / 2, "adamw_lean moved only %zu of %zu weights", moved, n);
+    printf("%-26s %-28s bitwise equal to the CPU (weights, m, v); %zu of %zu weights moved   gpu %8.3f ms\n",
+           "adamw_lean (3 steps, SR)", shape, moved, n, last_ms);
+    free(x); free(y); free(x0);
+  }
+  drop(&lp); drop(&lm); drop(&lv);
   drop(&a); drop(&b); drop(&master); drop(&m); drop(&v); drop(&p);
 }
 
