@@ -2,7 +2,9 @@
 #include "ckpt.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <hdf5.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -176,6 +178,30 @@ static int shard_to_host(const vl_optim *o, float **h) {
   return VL_OK;
 }
 
+/* fsync of a file or folder by name: the data of a checkpoint reach the disk
+ * before its name does, and a rename before the next step (a crash of the
+ * node, not only of the process, leaves the previous state). */
+static int sync_path(const char *p) {
+  int fd = open(p, O_RDONLY);
+  if (fd < 0) return -1;
+  int r = fsync(fd);
+  close(fd);
+  return r;
+}
+
+/* The test hook of ckpt.h: VL_TEST_CKPT_KILL_AT=STEP:RANK:POINT. */
+static void test_kill_point(const vl_optim *o, const char *point) {
+  const char *e = getenv("VL_TEST_CKPT_KILL_AT");
+  int step, rank;
+  char where[16];
+  if (!e || sscanf(e, "%d:%d:%15s", &step, &rank, where) != 3) return;
+  if (step != o->step || rank != o->comm->rank || strcmp(where, point)) return;
+  fprintf(stderr, "VL_TEST_CKPT_KILL_AT: rank %d kills itself at '%s' of the checkpoint of step %d\n",
+          rank, point, step);
+  fflush(stderr);
+  raise(SIGKILL);
+}
+
 int vl_ckpt_save(const char *out_dir, const vl_optim *o, const vl_config *cfg, int keep) {
   char dir[VL_PATH_MAX + 16], path[VL_PATH_MAX + 64], tmp[VL_PATH_MAX + 80];
   snprintf(dir, sizeof dir, "%s/ckpt", out_dir);
@@ -200,8 +226,10 @@ int vl_ckpt_save(const char *out_dir, const vl_optim *o, const vl_config *cfg, i
   g[2] = H5Gcreate2(gopt, "v", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
   H5_CHECK(g[0] < 0 || g[1] < 0 || g[2] < 0 ? -1 : 0, "%s: groups", tmp);
   for (int k = 0; k < 3; k++)
-    for (int i = 0; i < o->m->n_params; i++)
+    for (int i = 0; i < o->m->n_params; i++) {
+      if (k == 1 && i == o->m->n_params / 2) test_kill_point(o, "tensors");
       VL_CALL_GOTO(rc, done, tensor_io(g[k], &o->m->params[i], 1, o, h[k], tmp));
+    }
   long long step = o->step, world = o->comm->size, seed = (long long)cfg->train.seed,
             nparam = (long long)o->n;
   VL_CALL_GOTO(rc, done, attr_write(f, "format", 0, NULL, CKPT_FORMAT));
@@ -212,6 +240,7 @@ int vl_ckpt_save(const char *out_dir, const vl_optim *o, const vl_config *cfg, i
   VL_CALL_GOTO(rc, done, attr_write(f, "seed", H5T_NATIVE_LLONG, &seed, NULL));
   VL_CALL_GOTO(rc, done, attr_write(f, "n_parameters", H5T_NATIVE_LLONG, &nparam, NULL));
   H5_CHECK(H5Fflush(f, H5F_SCOPE_GLOBAL), "%s: flush failed", tmp);
+  test_kill_point(o, "flush");
 done:
   for (int k = 0; k < 3; k++) {
     if (g[k] >= 0) H5Gclose(g[k]);
@@ -233,8 +262,13 @@ done:
     snprintf(lt, sizeof lt, "%s/latest", dir);
     snprintf(ltmp, sizeof ltmp, "%s.tmp", lt);
     FILE *fl = NULL;
-    if (rename(tmp, path) || !(fl = fopen(ltmp, "w")) ||
-        fprintf(fl, "step_%07d.h5\n", o->step) < 0 || fclose(fl) || rename(ltmp, lt))
+    int bad = sync_path(tmp) || rename(tmp, path);
+    if (!bad) test_kill_point(o, "rename");
+    bad = bad || !(fl = fopen(ltmp, "w")) || fprintf(fl, "step_%07d.h5\n", o->step) < 0 ||
+          fflush(fl) || fsync(fileno(fl));
+    if (fl && fclose(fl)) bad = 1;
+    if (!bad) test_kill_point(o, "latest");
+    if (bad || rename(ltmp, lt) || sync_path(dir))
       rc = vl_err_raise(VL_EIO, __FILE__, __LINE__, __func__, "finishing %s: %s", path, strerror(errno));
     /* keep the newest `keep` checkpoints (this one included) */
     int kept = 0;

@@ -11,6 +11,13 @@
  * shard as a hyperslab selection, collectively.  Written to a temporary
  * name, closed, renamed; then OUT/ckpt/latest (a text file naming it) is
  * replaced the same way; older checkpoints beyond keep are removed.
+ *
+ * Test hook (tests/test_ckpt_kill.sh): VL_TEST_CKPT_KILL_AT=STEP:RANK:POINT
+ * makes rank RANK raise SIGKILL while writing the checkpoint of step STEP, at
+ * POINT: "tensors" (half-way through the first moments), "flush" (file
+ * flushed, not closed), "rename" (rank 0: file renamed, latest not yet
+ * written), "latest" (rank 0: latest.tmp written, not yet renamed).  One
+ * getenv per point; unset, it does nothing.
  */
 #ifndef VL_CKPT_H
 #define VL_CKPT_H
