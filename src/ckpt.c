@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <hdf5.h>
 #include <signal.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -72,10 +73,60 @@ static int shard_part(const vl_optim *o, const vl_param *p, hsize_t *a, hsize_t 
   return 1;
 }
 
+/* Tensor checksums: the sum, mod 2^64, over a tensor's elements of a 64-bit
+ * hash of (flat index, fp32 bits).  Each rank adds up its part and the parts
+ * are summed across ranks, so the value does not depend on how many ranks
+ * wrote or read the file; a changed, moved or zeroed value changes it.
+ * Stored as the attribute "checksum" (uint64) of every dataset. */
+static uint64_t mix64(uint64_t x) {
+  x ^= x >> 30;
+  x *= 0xbf58476d1ce4e5b9ULL;
+  x ^= x >> 27;
+  x *= 0x94d049bb133111ebULL;
+  return x ^ (x >> 31);
+}
+
+static uint64_t part_checksum(const vl_optim *o, const vl_param *p, const float *host) {
+  hsize_t a = 0, b = 0;
+  size_t at = 0;
+  if (!shard_part(o, p, &a, &b, &at)) return 0;
+  const float *x = host + at;
+  const long long n = (long long)(b - a);
+  uint64_t s = 0;
+#pragma omp parallel for reduction(+ : s) schedule(static)
+  for (long long j = 0; j < n; j++) {
+    uint32_t bits;
+    memcpy(&bits, &x[j], 4);
+    s += mix64(((uint64_t)a + (uint64_t)j) * 0x9e3779b97f4a7c15ULL ^ bits);
+  }
+  return s;
+}
+
+/* sums[k * n_params + i]: checksum of tensor i of shard array k (0..2),
+ * summed over the ranks.  Collective. */
+static int checksums(const vl_optim *o, float *const *h, uint64_t *sums) {
+  const int np = o->m->n_params;
+  for (int k = 0; k < 3; k++)
+    for (int i = 0; i < np; i++) sums[k * np + i] = part_checksum(o, &o->m->params[i], h[k]);
+  int e = MPI_Allreduce(MPI_IN_PLACE, sums, 3 * np, MPI_UINT64_T, MPI_SUM, o->comm->world);
+  if (e != MPI_SUCCESS) VL_ERROR(VL_EMPI, "MPI_Allreduce of the checkpoint checksums failed (code %d)", e);
+  return VL_OK;
+}
+
 /* One tensor: dataset `name` under group; write (or read) this rank's part
  * from/to host[at..].  Collective over the file's communicator. */
+static int attr_write(hid_t obj, const char *name, hid_t type, const void *value, const char *str);
+
+/* "[a, b, c]" */
+static void fmt_dims(char *buf, size_t n, const hsize_t *d, int nd) {
+  size_t at = (size_t)snprintf(buf, n, "[");
+  for (int i = 0; i < nd && at < n; i++)
+    at += (size_t)snprintf(buf + at, n - at, "%s%llu", i ? ", " : "", (unsigned long long)d[i]);
+  if (at < n) snprintf(buf + at, n - at, "]");
+}
+
 static int tensor_io(hid_t group, const vl_param *p, int create, const vl_optim *o, float *host,
-                     const char *file) {
+                     uint64_t *sum, const char *file) {
   int rc = VL_OK;
   hid_t space = -1, dset = -1, mem = -1, dxpl = -1;
   hsize_t dims[VL_MAX_DIMS], a = 0, b = 0, prefix[8] = {0};
@@ -94,14 +145,19 @@ static int tensor_io(hid_t group, const vl_param *p, int create, const vl_optim 
     H5_CHECK(dset, "%s: cannot open dataset %s", file, p->name);
     space = H5Dget_space(dset);
     H5_CHECK(space, "%s: cannot read the shape of %s", file, p->name);
-    hsize_t got[8];
-    int nd = H5Sget_simple_extent_dims(space, got, NULL);
+    hsize_t got[H5S_MAX_RANK];
+    int nd = H5Sget_simple_extent_ndims(space); /* H5S_MAX_RANK at most */
+    if (nd < 0 || H5Sget_simple_extent_dims(space, got, NULL) != nd)
+      VL_ERROR_GOTO(rc, done, VL_EIO, "%s: cannot read the shape of %s", file, p->name);
     int same = nd == p->ndim;
     for (int d = 0; same && d < nd; d++) same = got[d] == dims[d];
-    if (!same)
-      VL_ERROR_GOTO(rc, done, VL_ESHAPE, "%s: tensor %s has %d dims [%llu, ...], the model expects %d [%llu, ...]",
-                    file, p->name, nd, nd > 0 ? (unsigned long long)got[0] : 0ULL, p->ndim,
-                    (unsigned long long)dims[0]);
+    if (!same) {
+      char gs[160], ws[160];
+      fmt_dims(gs, sizeof gs, got, nd);
+      fmt_dims(ws, sizeof ws, dims, p->ndim);
+      VL_ERROR_GOTO(rc, done, VL_ESHAPE, "%s: tensor %s has shape %s, the model expects %s (another model?)",
+                    file, p->name, gs, ws);
+    }
   }
   int has = shard_part(o, p, &a, &b, &at);
   H5_CHECK(H5Sselect_none(space), "%s: selection of %s", file, p->name);
@@ -118,6 +174,18 @@ static int tensor_io(hid_t group, const vl_param *p, int create, const vl_optim 
     H5_CHECK(H5Dwrite(dset, H5T_NATIVE_FLOAT, mem, space, dxpl, buf), "%s: writing %s failed", file, p->name);
   else
     H5_CHECK(H5Dread(dset, H5T_NATIVE_FLOAT, mem, space, dxpl, buf), "%s: reading %s failed (truncated or damaged file?)", file, p->name);
+  if (create) {
+    VL_CALL_GOTO(rc, done, attr_write(dset, "checksum", H5T_NATIVE_UINT64, sum, NULL));
+  } else {
+    hid_t at = -1;
+    if (H5Aexists(dset, "checksum") <= 0 || (at = H5Aopen(dset, "checksum", H5P_DEFAULT)) < 0 ||
+        H5Aread(at, H5T_NATIVE_UINT64, sum) < 0) {
+      if (at >= 0) H5Aclose(at);
+      VL_ERROR_GOTO(rc, done, VL_EIO, "%s: tensor %s has no readable checksum (damaged, or not written by vltrain)",
+                    file, p->name);
+    }
+    H5Aclose(at);
+  }
 done:
   if (dxpl >= 0) H5Pclose(dxpl);
   if (mem >= 0) H5Sclose(mem);
@@ -215,8 +283,11 @@ int vl_ckpt_save(const char *out_dir, const vl_optim *o, const vl_config *cfg, i
   VL_CALL(vl_comm_bcast(o->comm, &rc, sizeof rc, 0));
   if (rc) VL_ERROR(VL_EIO, "cannot create %s: %s", dir, strerror(errno));
   float *h[3] = {NULL, NULL, NULL};
+  uint64_t *sums = NULL;
   hid_t f = -1, g[3] = {-1, -1, -1}, gopt = -1;
   VL_CALL_GOTO(rc, done, shard_to_host(o, h));
+  VL_CALL_GOTO(rc, done, vl_malloc((void **)&sums, 3 * (size_t)o->m->n_params * sizeof *sums, "checksums"));
+  VL_CALL_GOTO(rc, done, checksums(o, h, sums));
   f = open_file(tmp, o->comm->world, 1);
   H5_CHECK(f, "cannot create %s", tmp);
   g[0] = H5Gcreate2(f, "params", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
@@ -228,7 +299,7 @@ int vl_ckpt_save(const char *out_dir, const vl_optim *o, const vl_config *cfg, i
   for (int k = 0; k < 3; k++)
     for (int i = 0; i < o->m->n_params; i++) {
       if (k == 1 && i == o->m->n_params / 2) test_kill_point(o, "tensors");
-      VL_CALL_GOTO(rc, done, tensor_io(g[k], &o->m->params[i], 1, o, h[k], tmp));
+      VL_CALL_GOTO(rc, done, tensor_io(g[k], &o->m->params[i], 1, o, h[k], &sums[k * o->m->n_params + i], tmp));
     }
   long long step = o->step, world = o->comm->size, seed = (long long)cfg->train.seed,
             nparam = (long long)o->n;
@@ -246,6 +317,7 @@ done:
     if (g[k] >= 0) H5Gclose(g[k]);
     free(h[k]);
   }
+  free(sums);
   if (gopt >= 0) H5Gclose(gopt);
   if (f >= 0 && H5Fclose(f) < 0 && rc == VL_OK)
     rc = vl_err_raise(VL_EHDF5, __FILE__, __LINE__, __func__, "%s: close failed", tmp);
@@ -297,29 +369,74 @@ int vl_ckpt_latest(const char *out_dir, char *path, size_t n) {
   return VL_OK;
 }
 
+/* The "format" attribute of the file, which must be CKPT_FORMAT. */
+static int check_format(hid_t f, const char *file) {
+  int rc = VL_OK;
+  hid_t attr = -1, t = -1;
+  char got[64] = "";
+  if (H5Aexists(f, "format") <= 0)
+    VL_ERROR(VL_EIO, "%s: no format attribute: not a vltrain checkpoint, or an incomplete one", file);
+  attr = H5Aopen(f, "format", H5P_DEFAULT);
+  H5_CHECK(attr, "%s: cannot open attribute format", file);
+  t = H5Aget_type(attr);
+  H5_CHECK(t, "%s: attribute format", file);
+  if (H5Tget_class(t) != H5T_STRING || H5Tis_variable_str(t) > 0 || H5Tget_size(t) >= sizeof got)
+    VL_ERROR_GOTO(rc, done, VL_EIO, "%s: attribute format is not the string %s", file, CKPT_FORMAT);
+  H5_CHECK(H5Aread(attr, t, got), "%s: cannot read attribute format", file);
+  got[sizeof got - 1] = '\0';
+  if (strcmp(got, CKPT_FORMAT))
+    VL_ERROR_GOTO(rc, done, VL_EIO, "%s: format '%s', this vltrain reads '%s'", file, got, CKPT_FORMAT);
+done:
+  if (t >= 0) H5Tclose(t);
+  if (attr >= 0) H5Aclose(attr);
+  return rc;
+}
+
 int vl_ckpt_load(const char *path, vl_optim *o, vl_t *params) {
   int rc = VL_OK;
   float *h[3] = {NULL, NULL, NULL};
+  uint64_t *stored = NULL, *sums = NULL;
+  const int np = o->m->n_params;
+  static const char *const groups[3] = {"params", "optimizer/m", "optimizer/v"};
   hid_t f = -1, g[3] = {-1, -1, -1};
   H5E_BEGIN_TRY { f = open_file(path, o->comm->world, 0); } H5E_END_TRY;
   if (f < 0) VL_ERROR(VL_EIO, "%s: cannot open as HDF5 (missing, truncated or not a checkpoint)", path);
   long long step = 0, nparam = 0;
-  VL_CALL_GOTO(rc, done, attr_read_long(f, "step", &step, path));
-  VL_CALL_GOTO(rc, done, attr_read_long(f, "n_parameters", &nparam, path));
-  if ((size_t)nparam != o->n)
-    VL_ERROR_GOTO(rc, done, VL_ESHAPE, "%s holds %lld parameters, this model has %zu (another model?)",
+  H5E_BEGIN_TRY { rc = check_format(f, path); } H5E_END_TRY;
+  if (rc) goto read_done;
+  VL_CALL_GOTO(rc, read_done, attr_read_long(f, "step", &step, path));
+  VL_CALL_GOTO(rc, read_done, attr_read_long(f, "n_parameters", &nparam, path));
+  if (step < 0 || step > 2147483647LL)
+    VL_ERROR_GOTO(rc, read_done, VL_EIO, "%s: step %lld is out of range (damaged file?)", path, step);
+  if (nparam < 0 || (size_t)nparam != o->n)
+    VL_ERROR_GOTO(rc, read_done, VL_ESHAPE, "%s holds %lld parameters, this model has %zu (another model?)",
                   path, nparam, o->n);
-  const char *groups[3] = {"params", "optimizer/m", "optimizer/v"};
+  VL_CALL_GOTO(rc, read_done, vl_malloc((void **)&stored, 3 * (size_t)np * sizeof *stored, "checksums"));
+  VL_CALL_GOTO(rc, read_done, vl_malloc((void **)&sums, 3 * (size_t)np * sizeof *sums, "checksums"));
   for (int k = 0; k < 3; k++) {
     H5E_BEGIN_TRY { g[k] = H5Gopen2(f, groups[k], H5P_DEFAULT); } H5E_END_TRY;
-    if (g[k] < 0) VL_ERROR_GOTO(rc, done, VL_EIO, "%s: group /%s missing", path, groups[k]);
-    VL_CALL_GOTO(rc, done, vl_malloc((void **)&h[k], o->shard * sizeof(float) + 4, "checkpoint staging"));
+    if (g[k] < 0) VL_ERROR_GOTO(rc, read_done, VL_EIO, "%s: group /%s missing", path, groups[k]);
+    VL_CALL_GOTO(rc, read_done, vl_malloc((void **)&h[k], o->shard * sizeof(float) + 4, "checkpoint staging"));
     memset(h[k], 0, o->shard * sizeof(float));
-    for (int i = 0; i < o->m->n_params; i++) {
-      H5E_BEGIN_TRY { rc = tensor_io(g[k], &o->m->params[i], 0, o, h[k], path); } H5E_END_TRY;
-      if (rc) goto done;
+    for (int i = 0; i < np; i++) {
+      H5E_BEGIN_TRY { rc = tensor_io(g[k], &o->m->params[i], 0, o, h[k], &stored[k * np + i], path); } H5E_END_TRY;
+      if (rc) goto read_done;
     }
   }
+read_done: /* every rank read its part, or failed: agree before the checksums' collective */
+  {
+    double worst = rc;
+    int crc = vl_comm_allreduce_double(o->comm, &worst, 1, VL_COMM_MAX);
+    if (rc) goto done;
+    VL_CALL_GOTO(rc, done, crc);
+    if (worst > 0) VL_ERROR_GOTO(rc, done, (int)worst, "another rank failed reading %s", path);
+  }
+  VL_CALL_GOTO(rc, done, checksums(o, h, sums));
+  for (int k = 0; k < 3; k++)
+    for (int i = 0; i < np; i++)
+      if (sums[k * np + i] != stored[k * np + i])
+        VL_ERROR_GOTO(rc, done, VL_EIO, "%s: /%s/%s does not match its checksum: the file is damaged or was altered",
+                      path, groups[k], o->m->params[i].name);
   vl_ops *ops = o->ops;
   VL_CALL_GOTO(rc, done, ops->put_raw(ops, o->master, h[0], o->shard * sizeof(float)));
   VL_CALL_GOTO(rc, done, ops->put_raw(ops, o->mom1, h[1], o->shard * sizeof(float)));
@@ -342,6 +459,8 @@ done:
     if (g[k] >= 0) H5Gclose(g[k]);
     free(h[k]);
   }
+  free(stored);
+  free(sums);
   if (f >= 0) H5Fclose(f);
   double worst = rc;
   int crc = vl_comm_allreduce_double(o->comm, &worst, 1, VL_COMM_MAX);

@@ -6,6 +6,11 @@
  *   /optimizer/v/<HF name>    AdamW second moment
  *   attributes of /: format, vltrain version, step, world_size (writer's),
  *   seed, config (the merged YAML text), n_parameters, family.
+ *   attribute "checksum" (uint64) of every tensor: the sum mod 2^64 of a
+ *   hash of (flat index, fp32 bits) over its elements, the same whatever
+ *   the number of ranks; vl_ckpt_load checks the format name, the step, the
+ *   parameter count, every shape and every checksum, and names what
+ *   differs (a damaged or altered file, another model) instead of loading it.
  * Every tensor is stored whole, so any number of ranks can read it back:
  * each rank writes (and reads) the part of each tensor inside its ZeRO-1
  * shard as a hyperslab selection, collectively.  Written to a temporary

@@ -13,7 +13,9 @@
  *  - checkpoints: 5 steps + save + resume + 5 steps is bitwise identical to
  *    10 straight steps on the same ranks; a checkpoint written by W ranks
  *    resumes on one rank and continues like the one-rank run; truncated,
- *    foreign and another model's checkpoints give clear errors. */
+ *    foreign and another model's checkpoints, one value changed (weights or
+ *    a moment: checksums), a tensor of another shape with the same parameter
+ *    count, and another format name give clear errors. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -252,6 +254,75 @@ int main(int argc, char **argv) {
     free(w2);
     vl_model_free(&mo);
     vl_config_free(&other);
+    /* altered copies of the step-5 checkpoint (serial HDF5 edits): one value
+     * changed, a tensor stored with a transposed shape (same parameter
+     * count), another format: each a clear error, and the original still loads */
+    {
+      int q2 = -1; /* a 2-D tensor that is not square */
+      for (int i = 0; i < m.n_params && q2 < 0; i++)
+        if (m.params[i].ndim == 2 && m.params[i].shape[0] != m.params[i].shape[1]) q2 = i;
+      const vl_param *pq = &m.params[q2];
+      float *buf = malloc(pq->numel * sizeof(float));
+      char dname[VL_NAME_MAX + 32];
+      for (int what = 0; what < 4; what++) {
+        snprintf(bad, sizeof bad, "%s/altered%d.h5", dir, what);
+        snprintf(cmd, sizeof cmd, "cp %s %s", p5, bad);
+        CHECK(system(cmd) == 0, "copy");
+        hid_t hf = H5Fopen(bad, H5F_ACC_RDWR, H5P_DEFAULT);
+        snprintf(dname, sizeof dname, "%s/%s", what == 1 ? "optimizer/v" : "params", pq->name);
+        hid_t ds = H5Dopen2(hf, dname, H5P_DEFAULT);
+        CHECK(hf >= 0 && ds >= 0 && H5Dread(ds, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf) >= 0,
+              "read %s", dname);
+        if (what <= 1) { /* one value changed in the last bit, in the weights or a moment */
+          uint32_t bits;
+          memcpy(&bits, &buf[pq->numel / 2], 4);
+          bits ^= 1;
+          memcpy(&buf[pq->numel / 2], &bits, 4);
+          H5Dwrite(ds, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf);
+          H5Dclose(ds);
+        } else if (what == 2) { /* [r, c] stored as [c, r], the same data and checksum */
+          unsigned long long sum = 0;
+          hid_t a = H5Aopen(ds, "checksum", H5P_DEFAULT);
+          H5Aread(a, H5T_NATIVE_ULLONG, &sum);
+          H5Aclose(a);
+          H5Dclose(ds);
+          H5Ldelete(hf, dname, H5P_DEFAULT);
+          hsize_t dims[2] = {(hsize_t)pq->shape[1], (hsize_t)pq->shape[0]};
+          hid_t sp = H5Screate_simple(2, dims, NULL), one = H5Screate(H5S_SCALAR);
+          ds = H5Dcreate2(hf, dname, H5T_IEEE_F32LE, sp, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+          H5Dwrite(ds, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf);
+          a = H5Acreate2(ds, "checksum", H5T_NATIVE_ULLONG, one, H5P_DEFAULT, H5P_DEFAULT);
+          H5Awrite(a, H5T_NATIVE_ULLONG, &sum);
+          H5Aclose(a); H5Sclose(one); H5Sclose(sp); H5Dclose(ds);
+        } else { /* another format name */
+          H5Dclose(ds);
+          H5Adelete(hf, "format");
+          hid_t st = H5Tcopy(H5T_C_S1), one = H5Screate(H5S_SCALAR);
+          H5Tset_size(st, 16);
+          hid_t a = H5Acreate2(hf, "format", st, one, H5P_DEFAULT, H5P_DEFAULT);
+          H5Awrite(a, st, "other-format-9\0\0");
+          H5Aclose(a); H5Sclose(one); H5Tclose(st);
+        }
+        CHECK(H5Fclose(hf) >= 0, "close %s", bad);
+        vl_trainer_create(&tr, &cfg, &m, &cs, o, w0);
+        rc = vl_trainer_resume(&tr, bad);
+        vl_trainer_destroy(&tr);
+        const char *msg = vl_err_last();
+        if (what <= 1)
+          CHECK(rc == VL_EIO && strstr(msg, "does not match its checksum") && strstr(msg, pq->name) &&
+                strstr(msg, what ? "/optimizer/v/" : "/params/"), "altered value: rc %d %s", rc, msg);
+        else if (what == 2)
+          CHECK(rc == VL_ESHAPE && strstr(msg, pq->name) && strstr(msg, "the model expects"),
+                "transposed tensor: rc %d %s", rc, msg);
+        else
+          CHECK(rc == VL_EIO && strstr(msg, "other-format-9"), "another format: rc %d %s", rc, msg);
+        printf("altered checkpoint %d: %s\n", what, msg);
+      }
+      free(buf);
+      vl_trainer_create(&tr, &cfg, &m, &cs, o, w0);
+      CHECK(vl_trainer_resume(&tr, p5) == VL_OK && tr.step == 5, "the original after the copies: %s", vl_err_last());
+      vl_trainer_destroy(&tr);
+    }
     vl_err_set_quiet(0);
     snprintf(cmd, sizeof cmd, "ls %s/ckpt | grep -c step_ | grep -qx 2", dir);
     CHECK(system(cmd) == 0, "keep 2: the newest two checkpoints remain");
