@@ -9,7 +9,9 @@
  *  - train.freeze: a frozen vision tower stays bitwise unchanged while the
  *    LLM trains; a non-finite loss skips the step (or stops, by policy);
  *  - gradient statistics: rows every stats_every steps, per-tensor
- *    gradient norms whose root sum of squares is the global norm;
+ *    gradient norms whose root sum of squares is the global norm, parameter
+ *    norms and update ratios equal to those of two saved checkpoints, the
+ *    noise-scale formula on hand-made norms;
  *  - checkpoints: 5 steps + save + resume + 5 steps is bitwise identical to
  *    10 straight steps on the same ranks; a checkpoint written by W ranks
  *    resumes on one rank and continues like the one-rank run; truncated,
@@ -27,6 +29,7 @@
 #include "comm.h"
 #include "config.h"
 #include "err.h"
+#include "gradstats.h"
 #include "graph.h"
 #include "optim.h"
 #include "synth.h"
@@ -74,6 +77,11 @@ int main(int argc, char **argv) {
   CHECK(fabs(vl_optim_lr(&t, 6) - 5e-3) < 1e-12 && vl_optim_lr(&t, 10) == 0, "linear");
   t.schedule = VL_SCHED_CONSTANT;
   CHECK(vl_optim_lr(&t, 9) == 1e-2, "constant");
+  /* gradient noise scale (McCandlish et al. 2018, B_simple = S / |G|^2) from
+   * |G_B|^2 = |G|^2 + S / B: with |G|^2 = 4, S = 2: |G_1|^2 = 6, |G_2|^2 = 5 */
+  CHECK(fabs(vl_noise_scale(6.0, 1.0, 5.0, 2.0) - 0.5) < 1e-12, "noise scale %g", vl_noise_scale(6.0, 1.0, 5.0, 2.0));
+  CHECK(fabs(vl_noise_scale(4.0 + 8.0 / 4, 4.0, 4.0 + 8.0 / 16, 16.0) - 2.0) < 1e-12, "noise scale B 4 vs 16");
+  CHECK(isnan(vl_noise_scale(6.0, 2.0, 5.0, 2.0)), "noise scale with equal batches is undefined");
 
   float *w0 = malloc(n * sizeof(float));
   vl_weights_init_random(&m, w0, 5, 0.2f);
@@ -389,7 +397,8 @@ int main(int argc, char **argv) {
     snprintf(c2.run.out_dir, sizeof c2.run.out_dir, "%s/stats", dir);
     c2.train.steps = 6;
     c2.train.stats_every = 2;
-    c2.run.checkpoint_every = 0;
+    c2.run.checkpoint_every = 1; /* steps 5 and 6 kept: the update of step 6 */
+    c2.run.keep_checkpoints = 2;
     int pre = 0;
     CHECK(vl_train_run(&c2, &m, &cw, o, w0, &pre) == VL_OK && !pre, "train run: %s", vl_err_last());
     /* validation loss of the initial weights, split over W ranks and on one */
@@ -450,6 +459,57 @@ int main(int argc, char **argv) {
       d = H5Dopen2(f, "eval_loss", H5P_DEFAULT);
       H5Dread(d, H5T_NATIVE_DOUBLE, H5S_ALL, H5S_ALL, H5P_DEFAULT, &el); H5Dclose(d);
       CHECK(es == 6 && el < l0, "validation loss at step %g: %.4f, initial %.4f", es, el, l0);
+      /* the row of step 6 against the checkpoints of steps 5 and 6: parameter
+       * norms of the updated weights, update ratios |w6 - w5| / |w6| */
+      {
+        double *pn = calloc(m.n_params, sizeof(double)), *ur = calloc(m.n_params, sizeof(double));
+        hsize_t st2[2] = {2, 0}, cnt[2] = {1, (hsize_t)m.n_params};
+        hid_t ms = H5Screate_simple(2, cnt, NULL);
+        const char *sets[2] = {"tensor_param_norm", "tensor_update_ratio"};
+        double *dst[2] = {pn, ur};
+        for (int k = 0; k < 2; k++) {
+          d = H5Dopen2(f, sets[k], H5P_DEFAULT);
+          hid_t fs = H5Dget_space(d);
+          H5Sselect_hyperslab(fs, H5S_SELECT_SET, st2, NULL, cnt, NULL);
+          CHECK(H5Dread(d, H5T_NATIVE_DOUBLE, ms, fs, H5P_DEFAULT, dst[k]) >= 0, "read %s", sets[k]);
+          H5Sclose(fs); H5Dclose(d);
+        }
+        H5Sclose(ms);
+        char c5[VL_PATH_MAX + 64], c6[VL_PATH_MAX + 64];
+        snprintf(c5, sizeof c5, "%s/ckpt/step_0000005.h5", c2.run.out_dir);
+        snprintf(c6, sizeof c6, "%s/ckpt/step_0000006.h5", c2.run.out_dir);
+        hid_t f5 = H5Fopen(c5, H5F_ACC_RDONLY, H5P_DEFAULT), f6 = H5Fopen(c6, H5F_ACC_RDONLY, H5P_DEFAULT);
+        CHECK(f5 >= 0 && f6 >= 0, "checkpoints of steps 5 and 6");
+        double worst_n = 0, worst_u = 0;
+        for (int i = 0; i < m.n_params && f5 >= 0 && f6 >= 0; i++) {
+          const vl_param *pp = &m.params[i];
+          float *a5 = malloc(pp->numel * sizeof(float)), *a6 = malloc(pp->numel * sizeof(float));
+          char nm[VL_NAME_MAX + 16];
+          snprintf(nm, sizeof nm, "params/%s", pp->name);
+          hid_t d5 = H5Dopen2(f5, nm, H5P_DEFAULT), d6 = H5Dopen2(f6, nm, H5P_DEFAULT);
+          H5Dread(d5, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, a5);
+          H5Dread(d6, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, a6);
+          H5Dclose(d5); H5Dclose(d6);
+          double n6 = 0, du = 0;
+          for (size_t j = 0; j < pp->numel; j++) {
+            n6 += (double)a6[j] * a6[j];
+            du += ((double)a6[j] - a5[j]) * ((double)a6[j] - a5[j]);
+          }
+          n6 = sqrt(n6);
+          double u = n6 > 0 ? sqrt(du) / n6 : 0;
+          double en = fabs(pn[i] - n6) / (n6 > 0 ? n6 : 1), eu = fabs(ur[i] - u) / (u > 0 ? u : 1);
+          if (en > worst_n) worst_n = en;
+          if (eu > worst_u) worst_u = eu;
+          free(a5); free(a6);
+        }
+        if (f5 >= 0) H5Fclose(f5);
+        if (f6 >= 0) H5Fclose(f6);
+        CHECK(worst_n < (on_gpu ? 3e-2 : 1e-6), "parameter norms vs the checkpoint: %.3e", worst_n);
+        CHECK(worst_u < (on_gpu ? 3e-1 : 1e-5), "update ratios vs two checkpoints: %.3e", worst_u);
+        printf("statistics of step 6 vs checkpoints 5 and 6: parameter norms within %.1e, update ratios within %.1e\n",
+               worst_n, worst_u);
+        free(pn); free(ur);
+      }
       printf("validation loss: %.4f at start, %.4f after 6 steps\n", l0, el);
       H5Fclose(f);
       free(tg);
