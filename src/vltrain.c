@@ -18,10 +18,12 @@
 
 static void usage(FILE *f) {
   fprintf(f,
-          "usage: vltrain [--dry-run] CONFIG.yaml\n"
+          "usage: vltrain [--dry-run] [--resume | --no-resume] CONFIG.yaml\n"
           "       vltrain --help-config   (every configuration key)\n"
           "  --dry-run   validate the configuration, print the model summary and the\n"
-          "              memory plan per rank, and exit\n");
+          "              memory plan per rank, and exit\n"
+          "  --resume    continue from OUT/ckpt/latest when there is one (run.resume: true)\n"
+          "  --no-resume start from the initial weights even if there is one\n");
 }
 
 /* Which backend the plan is for: cuda when asked, or auto in a CUDA build. */
@@ -72,10 +74,12 @@ static int train(const vl_config *cfg, const vl_model *m, vl_comm *comm) {
 }
 
 int main(int argc, char **argv) {
-  int dry = 0;
+  int dry = 0, resume = -1;
   const char *path = NULL;
   for (int i = 1; i < argc; i++) {
     if (!strcmp(argv[i], "--dry-run")) dry = 1;
+    else if (!strcmp(argv[i], "--resume")) resume = 1;
+    else if (!strcmp(argv[i], "--no-resume")) resume = 0;
     else if (!strcmp(argv[i], "--help-config")) { vl_config_print_keys(); return 0; }
     else if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) { usage(stdout); return 0; }
     else if (argv[i][0] == '-') { usage(stderr); return 2; }
@@ -90,6 +94,7 @@ int main(int argc, char **argv) {
   vl_config cfg;
   vl_model m;
   int rc = vl_config_load(&cfg, path);
+  if (rc == VL_OK && resume >= 0) cfg.run.resume = resume;
   if (rc == VL_OK) rc = vl_model_build(&m, &cfg.model);
   size_t frozen = 0;
   if (rc == VL_OK && cfg.train.freeze[0]) {
