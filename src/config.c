@@ -83,6 +83,7 @@ static const key_desc keys[] = {
   {"model.tokens.vision_end_token_id", K_INT, OFF(model.tokens.vision_end_token_id), 0, 1 << 24, NULL, 1, NULL, 0, "<|vision_end|>"},
   {"train.micro_batch", K_INT, OFF(train.micro_batch), 1, 1024, "1", 0, NULL, 0, "samples per rank per micro-step"},
   {"train.grad_accum", K_INT, OFF(train.grad_accum), 1, 65536, "8", 0, NULL, 0, "micro-steps per optimizer step"},
+  {"train.global_batch", K_INT, OFF(train.global_batch), 0, INT_MAX, "0", 0, NULL, 0, "samples per optimizer step (0: ranks x micro_batch x grad_accum; else grad_accum = global_batch / (ranks x micro_batch), which must divide)"},
   {"train.max_seq_len", K_INT, OFF(train.max_seq_len), 1, 1 << 22, "2900", 0, NULL, 0, "LLM tokens per sample"},
   {"train.max_vision_patches", K_INT, OFF(train.max_vision_patches), 0, 1 << 24, "8960", 0, NULL, 0, "vision patches per sample"},
   {"train.steps", K_INT, OFF(train.steps), 0, INT_MAX, "100", 0, NULL, 0, "optimizer steps"},

@@ -83,6 +83,8 @@ typedef struct {
 typedef struct {
   int micro_batch;           /* samples per rank per micro-step (1) */
   int grad_accum;            /* micro-steps per optimizer step (8) */
+  int global_batch;          /* samples per optimizer step; 0: ranks x micro x accum
+                                (else grad_accum follows: vl_train_resolve_batch) */
   int max_seq_len;           /* LLM tokens per sample, for the memory plan (2900) */
   int max_vision_patches;    /* vision patches per sample, memory plan (8960) */
   int steps;                 /* optimizer steps */

@@ -95,6 +95,7 @@ int main(int argc, char **argv) {
   vl_model m;
   int rc = vl_config_load(&cfg, path);
   if (rc == VL_OK && resume >= 0) cfg.run.resume = resume;
+  if (rc == VL_OK) rc = vl_train_resolve_batch(&cfg.train, size);
   if (rc == VL_OK) rc = vl_model_build(&m, &cfg.model);
   size_t frozen = 0;
   if (rc == VL_OK && cfg.train.freeze[0]) {
