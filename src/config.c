@@ -98,6 +98,7 @@ static const key_desc keys[] = {
   {"train.recompute", K_BOOL, OFF(train.recompute), 0, 1, "false", 0, NULL, 0, "recompute activations per layer"},
   {"train.optimizer", K_ENUM, OFF(train.optimizer), 0, 0, "zero1", 0, optims, 0, "zero1: fp32 master+moments sharded; lean: 12 B/param"},
   {"train.freeze", K_STRING, OFF(train.freeze), 0, 256, "\"\"", 0, NULL, 0, "comma-separated name patterns to freeze"},
+  {"train.decay_also", K_STRING, OFF(train.decay_also), 0, 256, "\"\"", 0, NULL, 0, "comma-separated name patterns of norms, biases and embeddings that get weight decay too (\"*\": every parameter; by default they get none)"},
   {"train.eval_every", K_INT, OFF(train.eval_every), 0, INT_MAX, "0", 0, NULL, 0, "steps between validation losses (0: at the end)"},
   {"train.eval_samples", K_INT, OFF(train.eval_samples), 0, 1 << 30, "16", 0, NULL, 0, "validation samples per evaluation (0: none)"},
   {"train.stats_every", K_INT, OFF(train.stats_every), 0, INT_MAX, "10", 0, NULL, 0, "steps between rows of OUT/gradstats.h5 (0: off)"},

@@ -97,6 +97,7 @@ typedef struct {
   int recompute;             /* activation recomputation per layer */
   vl_optim_mode optimizer;   /* zero1 (fp32 master + moments sharded) | lean */
   char freeze[256];          /* comma-separated name patterns, "" = none */
+  char decay_also[256];      /* patterns of norms/biases/embeddings that get weight decay */
   int eval_every;            /* steps between validation losses (0: at the end only) */
   int eval_samples;          /* validation samples per evaluation */
   int stats_every;           /* steps between gradient-statistics rows (0: off) */

@@ -104,6 +104,14 @@ int main(int argc, char **argv) {
     if (rc == VL_OK && rank == 0)
       printf("frozen: %s parameters (train.freeze: %s)\n", vl_fmt_count(b, sizeof b, frozen), cfg.train.freeze);
   }
+  if (rc == VL_OK && cfg.train.decay_also[0]) {
+    size_t n_decay = 0;
+    rc = vl_model_decay_also(&m, cfg.train.decay_also, &n_decay);
+    char b[40];
+    if (rc == VL_OK && rank == 0)
+      printf("weight decay also on %s parameters of norms, biases or embeddings (train.decay_also: %s)\n",
+             vl_fmt_count(b, sizeof b, n_decay), cfg.train.decay_also);
+  }
   if (rc == VL_OK && dry) {
     if (rank == 0) rc = dry_run(&cfg, &m, size);
   } else if (rc == VL_OK) {

@@ -7,7 +7,7 @@
  *    norm clipping) fed by the model's gradients;
  *  - the loss goes down;
  *  - train.freeze: a frozen vision tower stays bitwise unchanged while the
- *    LLM trains; a non-finite loss skips the step (or stops, by policy);
+ *    LLM trains; train.decay_also adds the weight decay to the norms it names; a non-finite loss skips the step (or stops, by policy);
  *  - gradient statistics: rows every stats_every steps, per-tensor
  *    gradient norms whose root sum of squares is the global norm, parameter
  *    norms and update ratios equal to those of two saved checkpoints, the
@@ -149,6 +149,50 @@ int main(int argc, char **argv) {
     CHECK(llm_moved > 10, "only %d trainable tensors changed", llm_moved);
     free(pf); free(w0r);
     vl_model_free(&mf);
+  }
+  /* train.decay_also: norms get the decoupled weight decay too; after one
+   * step they differ from the default run by lr * wd * w0, the rest not at all */
+  if (!on_gpu) {
+    vl_config cd = cfg; /* a shallow copy, not freed */
+    cd.train.warmup_steps = 0;
+    vl_model md;
+    vl_model_build(&md, &cd.model);
+    size_t nd = 0;
+    CHECK(vl_model_decay_also(&md, "*norm*", &nd) == VL_OK && nd > 0, "decay_also: %s", vl_err_last());
+    vl_err_set_quiet(1);
+    size_t dummy;
+    CHECK(vl_model_decay_also(&md, "model.nothing.*", &dummy) == VL_EINVAL, "a pattern matching nothing is an error");
+    vl_err_set_quiet(0);
+    float *p1 = malloc(n * sizeof(float)), *p2 = malloc(n * sizeof(float));
+    vl_step_report r;
+    CHECK(vl_trainer_create(&tr, &cd, &m, &cw, o, w0) == VL_OK && vl_trainer_step(&tr, &r) == VL_OK, "step D1");
+    vl_trainer_params(&tr, p1);
+    vl_trainer_destroy(&tr);
+    CHECK(vl_trainer_create(&tr, &cd, &md, &cw, o, w0) == VL_OK && vl_trainer_step(&tr, &r) == VL_OK, "step D2");
+    vl_trainer_params(&tr, p2);
+    vl_trainer_destroy(&tr);
+    const double lwd = vl_optim_lr(&cd.train, 0) * cd.train.weight_decay;
+    double worst = 0;
+    int changed = 0, others_same = 1;
+    size_t counted = 0;
+    for (int i = 0; i < md.n_params; i++) {
+      const vl_param *p = &md.params[i];
+      if (p->no_decay == m.params[i].no_decay) {
+        others_same &= !memcmp(p1 + p->offset, p2 + p->offset, p->numel * sizeof(float));
+        continue;
+      }
+      changed++;
+      for (size_t j = p->offset; j < p->offset + p->numel; j++, counted++) {
+        double e = fabs(((double)p1[j] - p2[j]) - lwd * w0[j]) / (lwd * fabs(w0[j]) + 1e-12);
+        if (e > worst) worst = e;
+      }
+    }
+    CHECK(counted == nd && changed > 0, "decay_also changed %d tensors, %zu of %zu elements", changed, counted, nd);
+    CHECK(others_same, "decay_also changed a parameter it does not name");
+    CHECK(worst < 1e-3, "norms with decay differ from lr*wd*w0 by %.3e of it", worst);
+    if (rank == 0) printf("train.decay_also *norm*: %d tensors decayed by lr*wd*w0 within %.1e of it\n", changed, worst);
+    free(p1); free(p2);
+    vl_model_free(&md);
   }
   /* non-finite: a NaN weight makes every loss NaN: steps are skipped, or stop */
   {
