@@ -21,7 +21,7 @@ re="^step [1-4]/4  loss $num  lr $num  grad norm $num  [0-9][0-9]* tok/s  $num s
 ! grep -q "$(printf '\r')" "$dir/file.log" || fail "carriage returns in a file"
 grep "^step 4/4" "$dir/file.log"
 command -v script >/dev/null 2>&1 || { echo "SKIP: no script(1) for the terminal part"; exit 77; }
-script -qec "$vltrain $dir/run.yaml" /dev/null > "$dir/tty.log" 2>&1 || { cat "$dir/tty.log"; fail "vltrain on a terminal"; }
+script -qec "$vltrain $dir/run.yaml" /dev/null < /dev/null > "$dir/tty.log" 2>&1 || { cat "$dir/tty.log"; fail "vltrain on a terminal"; }
 cr=$(printf '\r')
 [ "$(tr "$cr" '\n' < "$dir/tty.log" | grep -c '^\[#*  *\] step [1-3]/4  loss ')" = 3 ] || { cat -A "$dir/tty.log"; fail "no progress bar on a terminal"; }
 tr "$cr" '\n' < "$dir/tty.log" | grep -q '^\[####################\] step 4/4  loss .* ETA ' || fail "the bar does not end full"
