@@ -560,6 +560,41 @@ int main(int argc, char **argv) {
       printf("gradient statistics: %llu rows, per-tensor norms consistent with the global norm\n",
              (unsigned long long)rows);
     }
+    /* non-finite steps in the statistics: a NaN weight, 2 steps, both
+     * recorded as skipped with every rank's gradient non-finite */
+    {
+      float *wn = malloc(n * sizeof(float));
+      memcpy(wn, w0, n * sizeof(float));
+      wn[m.params[m.final_norm_w].offset] = NAN;
+      vl_config c3 = cfg;
+      snprintf(c3.run.out_dir, sizeof c3.run.out_dir, "%s/nan", dir);
+      c3.train.steps = 2;
+      c3.train.stats_every = 1;
+      c3.train.eval_samples = 0;
+      c3.run.checkpoint_every = 0;
+      c3.run.save_final = 0;
+      int pre = 0;
+      CHECK(vl_train_run(&c3, &m, &cw, o, wn, &pre) == VL_OK, "NaN run: %s", vl_err_last());
+      if (rank == 0) {
+        char path[VL_PATH_MAX + 32];
+        snprintf(path, sizeof path, "%s/gradstats.h5", c3.run.out_dir);
+        hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+        double sk[2] = {0, 0}, nf[2] = {0, 0}, ls[2] = {0, 0};
+        const char *names[3] = {"skipped", "nonfinite_ranks", "loss"};
+        double *dst[3] = {sk, nf, ls};
+        for (int k = 0; k < 3 && f >= 0; k++) {
+          hid_t d = H5Dopen2(f, names[k], H5P_DEFAULT);
+          CHECK(d >= 0 && H5Dread(d, H5T_NATIVE_DOUBLE, H5S_ALL, H5S_ALL, H5P_DEFAULT, dst[k]) >= 0, "%s", names[k]);
+          if (d >= 0) H5Dclose(d);
+        }
+        if (f >= 0) H5Fclose(f);
+        CHECK(f >= 0 && sk[0] == 1 && sk[1] == 1 && nf[0] == W && nf[1] == W && isnan(ls[0]) && isnan(ls[1]),
+              "NaN steps recorded as skipped %g %g, non-finite ranks %g %g, loss %g %g", sk[0], sk[1], nf[0], nf[1],
+              ls[0], ls[1]);
+        printf("non-finite steps recorded: skipped, %d of %d ranks non-finite\n", (int)nf[0], W);
+      }
+      free(wn);
+    }
   }
 
   if (rank == 0) {
