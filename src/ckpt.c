@@ -113,8 +113,6 @@ static int checksums(const vl_optim *o, float *const *h, uint64_t *sums) {
   return VL_OK;
 }
 
-/* One tensor: dataset `name` under group; write (or read) this rank's part
- * from/to host[at..].  Collective over the file's communicator. */
 static int attr_write(hid_t obj, const char *name, hid_t type, const void *value, const char *str);
 
 /* "[a, b, c]" */
@@ -125,6 +123,9 @@ static void fmt_dims(char *buf, size_t n, const hsize_t *d, int nd) {
   if (at < n) snprintf(buf + at, n - at, "]");
 }
 
+/* One tensor: dataset `name` under group; write (or read) this rank's part
+ * from/to host[at..], with its checksum *sum (written, or read back for the
+ * caller to compare).  Collective over the file's communicator. */
 static int tensor_io(hid_t group, const vl_param *p, int create, const vl_optim *o, float *host,
                      uint64_t *sum, const char *file) {
   int rc = VL_OK;
