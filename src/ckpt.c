@@ -1,6 +1,7 @@
 /* ckpt: parallel HDF5 checkpoints (see ckpt.h). */
 #include "ckpt.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <hdf5.h>
@@ -258,6 +259,46 @@ static int sync_path(const char *p) {
   return r;
 }
 
+static int cmp_desc(const void *a, const void *b) {
+  int x = *(const int *)a, y = *(const int *)b;
+  return (x < y) - (x > y);
+}
+
+/* In dir: keeps the newest `keep` checkpoints of steps <= step (this one
+ * included; newer ones, of an abandoned run, are overwritten when reached)
+ * and removes the others, and the temporary files of writes of earlier
+ * steps that never finished (a killed process).  One pass over the folder. */
+static void prune(const char *dir, int step, int keep) {
+  DIR *d = opendir(dir);
+  if (!d) return;
+  int *steps = NULL;
+  size_t n = 0, cap = 0;
+  char path[VL_PATH_MAX + 300], canon[64];
+  for (struct dirent *e; (e = readdir(d));) {
+    int st = -1;
+    if (sscanf(e->d_name, "step_%d", &st) != 1 || st < 0) continue;
+    snprintf(canon, sizeof canon, "step_%07d.h5", st);
+    snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+    if (!strcmp(e->d_name, canon) && st <= step) {
+      if (n == cap) {
+        int *more = realloc(steps, (cap = cap ? 2 * cap : 64) * sizeof *steps);
+        if (!more) break;
+        steps = more;
+      }
+      steps[n++] = st;
+    } else if (st < step && !strncmp(e->d_name, canon, strlen(canon)) && !strcmp(e->d_name + strlen(canon), ".tmp")) {
+      unlink(path);
+    }
+  }
+  closedir(d);
+  if (n > 1) qsort(steps, n, sizeof *steps, cmp_desc);
+  for (size_t i = (size_t)keep; i < n; i++) {
+    snprintf(path, sizeof path, "%s/step_%07d.h5", dir, steps[i]);
+    unlink(path);
+  }
+  free(steps);
+}
+
 /* The test hook of ckpt.h: VL_TEST_CKPT_KILL_AT=STEP:RANK:POINT. */
 static void test_kill_point(const vl_optim *o, const char *point) {
   const char *e = getenv("VL_TEST_CKPT_KILL_AT");
@@ -343,13 +384,7 @@ done:
     if (!bad) test_kill_point(o, "latest");
     if (bad || rename(ltmp, lt) || sync_path(dir))
       rc = vl_err_raise(VL_EIO, __FILE__, __LINE__, __func__, "finishing %s: %s", path, strerror(errno));
-    /* keep the newest `keep` checkpoints (this one included) */
-    int kept = 0;
-    for (int st = o->step; rc == VL_OK && keep > 0 && st >= 0; st--) {
-      char old[VL_PATH_MAX + 64];
-      snprintf(old, sizeof old, "%s/step_%07d.h5", dir, st);
-      if (access(old, F_OK) == 0 && ++kept > keep) unlink(old);
-    }
+    if (rc == VL_OK && keep > 0) prune(dir, o->step, keep);
   }
   VL_CALL(vl_comm_bcast(o->comm, &rc, sizeof rc, 0));
   if (rc) VL_ERROR(rc, "could not finish checkpoint %s", path);

@@ -15,7 +15,9 @@
  * each rank writes (and reads) the part of each tensor inside its ZeRO-1
  * shard as a hyperslab selection, collectively.  Written to a temporary
  * name, closed, renamed; then OUT/ckpt/latest (a text file naming it) is
- * replaced the same way; older checkpoints beyond keep are removed.
+ * replaced the same way; older checkpoints beyond keep are removed (one
+ * pass over the folder), and so are the temporary files of earlier steps
+ * whose write never finished.
  *
  * Test hook (tests/test_ckpt_kill.sh): VL_TEST_CKPT_KILL_AT=STEP:RANK:POINT
  * makes rank RANK raise SIGKILL while writing the checkpoint of step STEP, at

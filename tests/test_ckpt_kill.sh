@@ -45,6 +45,8 @@ check() { # name, kill spec, previous step, 1 if the new file must be complete
     [ ! -e "$ck/$(printf 'step_%07d.h5' "$step")" ] || fail "$spec: an incomplete checkpoint carries the final name"
     [ -f "$ck/$(printf 'step_%07d.h5' "$step").tmp" ] || fail "$spec: no temporary file: killed elsewhere?"
   fi
+  # stale files: a temporary file of an earlier unfinished write goes, others stay
+  touch "$ck/step_0000001.h5.tmp" "$ck/step_0000001.h5.bak" "$ck/notes.txt"
   # the rerun (no hook; --resume over run.resume: false) resumes from the
   # previous checkpoint and trains like the reference
   run "$name" --resume || { cat "$dir/$name.log"; fail "$spec: the rerun failed"; }
@@ -53,6 +55,10 @@ check() { # name, kill spec, previous step, 1 if the new file must be complete
   steps "$dir/$name.log" > "$dir/got"
   cmp -s "$dir/want" "$dir/got" || { diff "$dir/want" "$dir/got"; fail "$spec: the resumed steps differ from the uninterrupted run"; }
   [ "$(cat "$ck/latest")" = step_0000008.h5 ] || fail "$spec: latest after the rerun: $(cat "$ck/latest")"
+  [ "$(cd "$ck" && echo step_*.h5)" = "step_0000004.h5 step_0000006.h5 step_0000008.h5" ] \
+    || fail "$spec: keep_checkpoints 3 left: $(ls "$ck")"
+  [ ! -e "$ck/step_0000001.h5.tmp" ] && [ -e "$ck/step_0000001.h5.bak" ] && [ -e "$ck/notes.txt" ] \
+    || fail "$spec: cleaning: $(ls "$ck")"
   echo "killed at $spec: latest still named step $prev; resumed there, steps $((prev + 1))-8 identical to the uninterrupted run"
 }
 check tensors 4:1:tensors 2 0
