@@ -74,7 +74,9 @@ typedef struct {
 
 typedef struct {
   vl_family family;
-  char path[VL_PATH_MAX];    /* Hugging Face model folder, "" = random init */
+  char path[VL_PATH_MAX];    /* Hugging Face model folder, "" = random init; a
+                              * folder's config.json sets the model.* keys
+                              * over presets (hfconfig.h) */
   vl_text_config text;
   vl_vision_config vision;
   vl_token_config tokens;
@@ -136,6 +138,11 @@ typedef struct {
 int vl_config_load(vl_config *cfg, const char *path);
 /* Same, from a string (tests); `name` stands in for the file name. */
 int vl_config_load_string(vl_config *cfg, const char *yaml, const char *name);
+/* Same, from a merged config text (cfg->text as a checkpoint stores it:
+ * "# --- file: NAME" segments, top-level file first, each include the next
+ * segment, and a "# --- config.json: PATH" segment when model.path named a
+ * folder) -- nothing is read from disk.  cfg->text comes out identical. */
+int vl_config_load_text(vl_config *cfg, const char *text, const char *name);
 void vl_config_free(vl_config *cfg);
 /* Prints every key: dotted name, type, range, default, one line each. */
 void vl_config_print_keys(void);

@@ -16,6 +16,10 @@
  *      per sample, o_proj, RMSNorm, gate/up, SwiGLU, down); after layer k <
  *      n_deepstack the k-th DeepStack features are added at visual rows
  *   -> final RMSNorm -> lm_head + cross-entropy on shifted targets.
+ * Qwen2-VL takes the same path without what it lacks (model.h): no patch
+ * bias, no pos embed, quick_gelu in the ViT MLP (vision.hidden_act), no
+ * DeepStack, no q/k norms (qk_norm_rope with NULL weights: rope only), q/k/v
+ * biases, sectioned M-RoPE tables (batch.c).
  */
 #ifndef VL_GRAPH_H
 #define VL_GRAPH_H

@@ -324,6 +324,26 @@ done:
   return rc;
 }
 
+int vl_image_family_defaults(vl_family family, vl_patch_params *pp, long *min_pixels,
+                             long *max_pixels) {
+  static const vl_patch_params qwen3 = {16, 2, 2, {0.5f, 0.5f, 0.5f}, {0.5f, 0.5f, 0.5f}};
+  static const vl_patch_params qwen2 = {14, 2, 2, {0.48145466f, 0.4578275f, 0.40821073f},
+                                        {0.26862954f, 0.26130258f, 0.27577711f}};
+  switch (family) {
+  case VL_FAMILY_QWEN3_VL:
+    *pp = qwen3;
+    *min_pixels = 65536;
+    *max_pixels = 16777216;
+    return VL_OK;
+  case VL_FAMILY_QWEN2_VL:
+    *pp = qwen2;
+    *min_pixels = 3136;
+    *max_pixels = 12845056;
+    return VL_OK;
+  }
+  VL_ERROR(VL_EINVAL, "image processor: unknown model family %d", (int)family);
+}
+
 int vl_image_patchify(const vl_image *img, const vl_patch_params *pp, float *out, int32_t grid[3]) {
   const int p = pp->patch, m = pp->merge, tps = pp->temporal;
   if (img->h % (p * m) || img->w % (p * m))

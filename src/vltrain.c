@@ -58,8 +58,17 @@ static int train(const vl_config *cfg, const vl_model *m, vl_comm *comm) {
   float *w = NULL;
   int rc = vl_malloc((void **)&w, m->n_elements * sizeof(float), "host weights");
   if (rc == VL_OK) {
-    if (cfg->model.path[0]) rc = vl_weights_load(m, cfg->model.path, w, 0);
-    else vl_weights_init_random(m, w, cfg->train.seed, 0.02f);
+    if (cfg->model.path[0]) {
+      struct timespec t0, t1;
+      clock_gettime(CLOCK_MONOTONIC, &t0);
+      rc = vl_weights_load(m, cfg->model.path, w, 0);
+      clock_gettime(CLOCK_MONOTONIC, &t1);
+      if (rc == VL_OK && comm->rank == 0)
+        printf("weights: %s (%zu parameters) read in %.2f s\n", cfg->model.path, m->n_elements,
+               (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec));
+    } else {
+      vl_weights_init_random(m, w, cfg->train.seed, 0.02f);
+    }
   }
   if (rc == VL_OK && comm->rank == 0)
     printf("data: generated samples (datasets arrive with vlprep; see README)\n");

@@ -1,5 +1,5 @@
 #!/bin/sh
-# vltrain --dry-run on the 8B preset prints the exact parameter count and a
+# vltrain --dry-run on the 8B preset (and Qwen2-VL 7B) prints the exact parameter count and a
 # memory plan and exits 0; on a bad config it exits non-zero with the
 # file:line: key: message.
 set -u
@@ -9,6 +9,12 @@ echo "$out"
 [ $rc -eq 0 ] || { echo "FAIL: dry-run exited $rc"; exit 1; }
 echo "$out" | grep -q "total .*8,767,123,696 parameters" || { echo "FAIL: no exact total"; exit 1; }
 echo "$out" | grep -q "memory plan per rank" || { echo "FAIL: no memory plan"; exit 1; }
+# the Qwen2-VL family: the 7B preset's published total
+out=$("$bin" --dry-run "$VL_SRCDIR/inputs/qwen2-vl-7b.yaml" 2>&1); rc=$?
+echo "$out"
+[ $rc -eq 0 ] || { echo "FAIL: qwen2-vl dry-run exited $rc"; exit 1; }
+echo "$out" | grep -q "model: qwen2-vl" || { echo "FAIL: qwen2-vl family not shown"; exit 1; }
+echo "$out" | grep -q "total .*8,291,375,616 parameters" || { echo "FAIL: no exact qwen2-vl total"; exit 1; }
 bad=$(mktemp /tmp/vl_bad_XXXXXX.yaml)
 printf 'include: %s\nmodel:\n  text:\n    hidden_size: many\n' "$VL_SRCDIR/inputs/tiny.yaml" > "$bad"
 out=$("$bin" --dry-run "$bad" 2>&1); rc=$?

@@ -496,13 +496,18 @@ int main(void) {
   test_loss_bad_target();
   /* the whole tiny model on the GPU against transformers (float64 reference):
    * bf16 weights and activations, so bf16-level limits */
-  parity_result r;
-  rc = parity_run(gpu, &r);
-  CHECK(rc == VL_OK, "GPU parity run: %s", vl_err_last());
-  if (rc == VL_OK) {
-    CHECK(r.loss < 1e-2, "GPU loss vs transformers: relative error %.3e", r.loss);
-    CHECK(r.logits < 3e-2, "GPU logits vs transformers: relative error %.3e", r.logits);
-    CHECK(r.grad_all < 5e-2, "GPU gradients vs transformers: relative error %.3e", r.grad_all);
+  const char *fixtures[] = {"tests/data/qwen3vl_parity", "tests/data/qwen2vl_parity"};
+  for (int f = 0; f < 2; f++) {
+    parity_result r;
+    rc = parity_run_dir(gpu, fixtures[f], &r);
+    CHECK(rc == VL_OK, "%s: GPU parity run: %s", fixtures[f], vl_err_last());
+    if (rc == VL_OK) {
+      CHECK(r.loss < 1e-2, "%s: GPU loss vs transformers: relative error %.3e", fixtures[f], r.loss);
+      CHECK(r.logits < 3e-2, "%s: GPU logits vs transformers: relative error %.3e", fixtures[f],
+            r.logits);
+      CHECK(r.grad_all < 5e-2, "%s: GPU gradients vs transformers: relative error %.3e",
+            fixtures[f], r.grad_all);
+    }
   }
   vl_ops_destroy(gpu);
   vl_ops_destroy(cpu);
