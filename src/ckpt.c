@@ -87,20 +87,23 @@ static uint64_t mix64(uint64_t x) {
   return x ^ (x >> 31);
 }
 
+uint64_t vl_ckpt_checksum(const float *x, size_t first, size_t n) {
+  uint64_t s = 0;
+  const long long nn = (long long)n;
+#pragma omp parallel for reduction(+ : s) schedule(static)
+  for (long long j = 0; j < nn; j++) {
+    uint32_t bits;
+    memcpy(&bits, &x[j], 4);
+    s += mix64(((uint64_t)first + (uint64_t)j) * 0x9e3779b97f4a7c15ULL ^ bits);
+  }
+  return s;
+}
+
 static uint64_t part_checksum(const vl_optim *o, const vl_param *p, const float *host) {
   hsize_t a = 0, b = 0;
   size_t at = 0;
   if (!shard_part(o, p, &a, &b, &at)) return 0;
-  const float *x = host + at;
-  const long long n = (long long)(b - a);
-  uint64_t s = 0;
-#pragma omp parallel for reduction(+ : s) schedule(static)
-  for (long long j = 0; j < n; j++) {
-    uint32_t bits;
-    memcpy(&bits, &x[j], 4);
-    s += mix64(((uint64_t)a + (uint64_t)j) * 0x9e3779b97f4a7c15ULL ^ bits);
-  }
-  return s;
+  return vl_ckpt_checksum(host + at, (size_t)a, (size_t)(b - a));
 }
 
 /* sums[k * n_params + i]: checksum of tensor i of shard array k (0..2),

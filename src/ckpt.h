@@ -29,7 +29,14 @@
 #ifndef VL_CKPT_H
 #define VL_CKPT_H
 
+#include <stdint.h>
+
 #include "optim.h"
+
+/* The checksum stored with every tensor (attribute "checksum", uint64) of
+ * n values that are the tensor's flat elements first .. first+n-1; the
+ * checksums of the parts of a tensor add up (mod 2^64) to the whole's. */
+uint64_t vl_ckpt_checksum(const float *x, size_t first, size_t n);
 
 /* Writes step t->opt.step from the optimizer's shards.  Collective. */
 int vl_ckpt_save(const char *out_dir, const vl_optim *opt, const vl_config *cfg, int keep);
