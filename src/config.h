@@ -85,6 +85,8 @@ typedef struct {
 typedef struct {
   int micro_batch;           /* samples per rank per micro-step (1) */
   int grad_accum;            /* micro-steps per optimizer step (8) */
+  int global_batch;          /* samples per optimizer step; 0: ranks x micro x accum
+                                (else grad_accum follows: vl_train_resolve_batch) */
   int max_seq_len;           /* LLM tokens per sample, for the memory plan (2900) */
   int max_vision_patches;    /* vision patches per sample, memory plan (8960) */
   int steps;                 /* optimizer steps */
@@ -97,6 +99,7 @@ typedef struct {
   int recompute;             /* activation recomputation per layer */
   vl_optim_mode optimizer;   /* zero1 (fp32 master + moments sharded) | lean */
   char freeze[256];          /* comma-separated name patterns, "" = none */
+  char decay_also[256];      /* patterns of norms/biases/embeddings that get weight decay */
   int eval_every;            /* steps between validation losses (0: at the end only) */
   int eval_samples;          /* validation samples per evaluation */
   int stats_every;           /* steps between gradient-statistics rows (0: off) */

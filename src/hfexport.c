@@ -9,6 +9,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "ckpt.h"
 #include "err.h"
 #include "hfconfig.h"
 
@@ -176,9 +177,10 @@ static herr_t count_extra(hid_t g, const char *name, const VL_H5L_INFO *info, vo
 
 /* Reads group into host; counts problems (printed to log). */
 static int read_group(vl_ckptfile *f, const char *group, float *host, FILE *log, int *n_missing,
-                      int *n_bad, int *n_unreadable, int *n_extra, char *first, size_t first_n) {
+                      int *n_bad, int *n_unreadable, int *n_extra, int *n_altered, char *first,
+                      size_t first_n) {
   const vl_model *m = &f->model;
-  *n_missing = *n_bad = *n_unreadable = *n_extra = 0;
+  *n_missing = *n_bad = *n_unreadable = *n_extra = *n_altered = 0;
   first[0] = '\0';
   hid_t g;
   H5E_BEGIN_TRY { g = H5Gopen2((hid_t)f->file_id, group, H5P_DEFAULT); } H5E_END_TRY;
@@ -210,6 +212,21 @@ static int read_group(vl_ckptfile *f, const char *group, float *host, FILE *log,
       (*n_unreadable)++;
       if (log) fprintf(log, "vlckpt: %s: tensor %s cannot be read (truncated or damaged file)\n",
                        where, p->name);
+    } else { /* the values against the checksum vl_ckpt_save stored with them */
+      unsigned long long want = 0;
+      int has = 0;
+      H5E_BEGIN_TRY {
+        hid_t a = H5Aexists_by_name(g, p->name, "checksum", H5P_DEFAULT) > 0
+                      ? H5Aopen_by_name(g, p->name, "checksum", H5P_DEFAULT, H5P_DEFAULT) : -1;
+        has = a >= 0 && H5Aread(a, H5T_NATIVE_ULLONG, &want) >= 0;
+        if (a >= 0) H5Aclose(a);
+      } H5E_END_TRY;
+      if (!has || want != vl_ckpt_checksum(host + p->offset, 0, p->numel)) {
+        (*n_altered)++;
+        if (!first[0]) snprintf(first, first_n, "%s", p->name);
+        if (log) fprintf(log, "vlckpt: %s: tensor %s %s\n", where, p->name,
+                         has ? "does not match its checksum (altered or damaged)" : "has no checksum");
+      }
     }
   }
   extra_state e = {.m = m, .log = log, .where = where};
@@ -222,12 +239,15 @@ static int read_group(vl_ckptfile *f, const char *group, float *host, FILE *log,
 }
 
 int vl_ckptfile_read(vl_ckptfile *f, const char *group, float *host) {
-  int a, b, c, d;
+  int a, b, c, d, e;
   char first[VL_NAME_MAX + 16];
-  VL_CALL(read_group(f, group, host, stderr, &a, &b, &c, &d, first, sizeof first));
+  VL_CALL(read_group(f, group, host, stderr, &a, &b, &c, &d, &e, first, sizeof first));
   if (a || b || c || d)
     VL_ERROR(VL_ESHAPE, "%s:/%s: %d tensor(s) missing, %d of the wrong shape, %d unreadable, "
              "%d not in the model (first: %s; each named above)", f->path, group, a, b, c, d, first);
+  if (e)
+    VL_ERROR(VL_EIO, "%s:/%s: %d tensor(s) differ from their checksum (first: %s): the file is damaged "
+             "or was altered", f->path, group, e, first);
   return VL_OK;
 }
 
@@ -254,14 +274,14 @@ int vl_ckptfile_inspect(vl_ckptfile *f, FILE *out, int *problems) {
   float *host = NULL;
   VL_CALL(vl_malloc((void **)&host, m->n_elements * sizeof(float), "checkpoint tensors"));
   static const char *const groups[] = {"params", "optimizer/m", "optimizer/v"};
-  int miss = 0, bad = 0, unread = 0, extra = 0;
+  int miss = 0, bad = 0, unread = 0, extra = 0, altered = 0;
   size_t nonfinite = 0;
   for (int k = 0; k < 3; k++) {
-    int a, b, c, d;
+    int a, b, c, d, e;
     char first[VL_NAME_MAX + 16];
     memset(host, 0, m->n_elements * sizeof(float));
-    VL_CALL(read_group(f, groups[k], host, out, &a, &b, &c, &d, first, sizeof first));
-    miss += a, bad += b, unread += c, extra += d;
+    VL_CALL(read_group(f, groups[k], host, out, &a, &b, &c, &d, &e, first, sizeof first));
+    miss += a, bad += b, unread += c, extra += d, altered += e;
     for (size_t j = 0; j < m->n_elements; j++) nonfinite += !isfinite(host[j]);
   }
   free(host);
@@ -271,7 +291,9 @@ int vl_ckptfile_inspect(vl_ckptfile *f, FILE *out, int *problems) {
           miss || bad || extra ? "FAILED" : "ok", miss, bad, extra, m->n_params);
   fprintf(out, "  finite:   %s (%zu non-finite values in weights and moments)\n",
           nonfinite ? "FAILED" : "ok", nonfinite);
-  *problems = (unread > 0) + (miss || bad || extra) + (nonfinite > 0);
+  fprintf(out, "  intact:   %s (%d tensors differ from their checksum or have none)\n",
+          altered ? "FAILED" : "ok", altered);
+  *problems = (unread > 0) + (miss || bad || extra) + (nonfinite > 0) + (altered > 0);
   return VL_OK;
 }
 

@@ -35,8 +35,9 @@ int vl_ckptfile_open(vl_ckptfile *f, const char *path);
 void vl_ckptfile_close(vl_ckptfile *f);
 
 /* Reads group ("params", "optimizer/m", "optimizer/v") into host in the
- * model's layout (n_elements floats).  Every missing or mis-shaped tensor
- * is named on stderr; the error counts them. */
+ * model's layout (n_elements floats).  Every missing or mis-shaped tensor,
+ * and every one whose values differ from the checksum stored with it
+ * (ckpt.h), is named on stderr; the error counts them. */
 int vl_ckptfile_read(vl_ckptfile *f, const char *group, float *host);
 
 /* `vlckpt inspect`: prints step, world size, config text, the tensor list

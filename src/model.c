@@ -215,6 +215,25 @@ int vl_model_freeze(vl_model *m, const char *patterns, size_t *frozen_elements) 
   return VL_OK;
 }
 
+int vl_model_decay_also(vl_model *m, const char *patterns, size_t *elements) {
+  char buf[512];
+  snprintf(buf, sizeof buf, "%s", patterns ? patterns : "");
+  *elements = 0;
+  for (char *save = NULL, *pat = strtok_r(buf, ", ", &save); pat; pat = strtok_r(NULL, ", ", &save)) {
+    int hits = 0;
+    for (int i = 0; i < m->n_params; i++)
+      if (fnmatch(pat, m->params[i].name, 0) == 0) {
+        if (m->params[i].no_decay) *elements += m->params[i].numel;
+        m->params[i].no_decay = 0;
+        hits++;
+      }
+    if (!hits)
+      VL_ERROR(VL_EINVAL, "train.decay_also: pattern '%s' matches no parameter (names are Hugging Face's, "
+               "e.g. *norm*)", pat);
+  }
+  return VL_OK;
+}
+
 int vl_model_find(const vl_model *m, const char *name) {
   for (int i = 0; i < m->n_params; i++)
     if (strcmp(m->params[i].name, name) == 0) return i;

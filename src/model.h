@@ -97,6 +97,12 @@ void vl_model_free(vl_model *m);
  * parameter is an error.  Returns the number of frozen elements. */
 int vl_model_freeze(vl_model *m, const char *patterns, size_t *frozen_elements);
 
+/* Norms, biases and embeddings get no weight decay (no_decay); those whose
+ * HF name matches one of the comma-separated patterns (train.decay_also)
+ * get it like the others.  A pattern matching no parameter is an error.
+ * Returns the number of elements that no_decay left. */
+int vl_model_decay_also(vl_model *m, const char *patterns, size_t *elements);
+
 /* Index of the parameter with Hugging Face name `name`, or -1. */
 int vl_model_find(const vl_model *m, const char *name);
 const char *vl_group_name(vl_param_group g);

@@ -304,3 +304,19 @@ int vl_train_run(const vl_config *cfg, const vl_model *m, vl_comm *comm, vl_ops 
   if (rc) return vl_err_trace(rc, __FILE__, __LINE__, __func__);
   return VL_OK;
 }
+
+int vl_train_resolve_batch(vl_train_config *t, int world) {
+  if (world < 1 || t->micro_batch < 1) VL_ERROR(VL_EINVAL, "%d ranks x micro-batch %d", world, t->micro_batch);
+  if (t->global_batch <= 0) return VL_OK;
+  const long long per = (long long)world * t->micro_batch;
+  if (t->global_batch % per)
+    VL_ERROR(VL_EINVAL, "train.global_batch %d does not divide into %d rank(s) x micro_batch %d = %lld "
+             "samples per micro-step: use a multiple of %lld, or another number of ranks",
+             t->global_batch, world, t->micro_batch, per, per);
+  const long long a = t->global_batch / per;
+  if (a > 65536)
+    VL_ERROR(VL_EINVAL, "train.global_batch %d on %d rank(s) x micro_batch %d needs %lld accumulation steps "
+             "(at most 65536)", t->global_batch, world, t->micro_batch, a);
+  t->grad_accum = (int)a;
+  return VL_OK;
+}

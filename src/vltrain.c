@@ -30,10 +30,12 @@ static int omp_threads(void) { return 1; }
 
 static void usage(FILE *f) {
   fprintf(f,
-          "usage: vltrain [--dry-run] CONFIG.yaml\n"
+          "usage: vltrain [--dry-run] [--resume | --no-resume] CONFIG.yaml\n"
           "       vltrain --help-config   (every configuration key)\n"
           "  --dry-run   validate the configuration, print the model summary and the\n"
           "              memory plan per rank, and exit\n"
+          "  --resume    continue from OUT/ckpt/latest when there is one (run.resume: true)\n"
+          "  --no-resume start from the initial weights even if there is one\n"
           "At start vltrain prints the memory plan and stops (exit 1, with advice)\n"
           "when it does not fit the free device memory.  Environment:\n"
           "  VL_MEMORY_LIMIT_BYTES=N   treat at most N bytes as free (tests of the check)\n");
@@ -196,10 +198,12 @@ static int train(const vl_config *cfg, const vl_model *m, vl_comm *comm) {
 }
 
 int main(int argc, char **argv) {
-  int dry = 0;
+  int dry = 0, resume = -1;
   const char *path = NULL;
   for (int i = 1; i < argc; i++) {
     if (!strcmp(argv[i], "--dry-run")) dry = 1;
+    else if (!strcmp(argv[i], "--resume")) resume = 1;
+    else if (!strcmp(argv[i], "--no-resume")) resume = 0;
     else if (!strcmp(argv[i], "--help-config")) { vl_config_print_keys(); return 0; }
     else if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) { usage(stdout); return 0; }
     else if (argv[i][0] == '-') { usage(stderr); return 2; }
@@ -214,6 +218,8 @@ int main(int argc, char **argv) {
   vl_config cfg;
   vl_model m;
   int rc = vl_config_load(&cfg, path);
+  if (rc == VL_OK && resume >= 0) cfg.run.resume = resume;
+  if (rc == VL_OK) rc = vl_train_resolve_batch(&cfg.train, size);
   if (rc == VL_OK) rc = vl_model_build(&m, &cfg.model);
   size_t frozen = 0;
   if (rc == VL_OK && cfg.train.freeze[0]) {
@@ -221,6 +227,14 @@ int main(int argc, char **argv) {
     char b[40];
     if (rc == VL_OK && rank == 0)
       printf("frozen: %s parameters (train.freeze: %s)\n", vl_fmt_count(b, sizeof b, frozen), cfg.train.freeze);
+  }
+  if (rc == VL_OK && cfg.train.decay_also[0]) {
+    size_t n_decay = 0;
+    rc = vl_model_decay_also(&m, cfg.train.decay_also, &n_decay);
+    char b[40];
+    if (rc == VL_OK && rank == 0)
+      printf("weight decay also on %s parameters of norms, biases or embeddings (train.decay_also: %s)\n",
+             vl_fmt_count(b, sizeof b, n_decay), cfg.train.decay_also);
   }
   if (rc == VL_OK && dry) {
     if (rank == 0) rc = dry_run(&cfg, &m, size);

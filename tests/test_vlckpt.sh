@@ -85,6 +85,12 @@ grep -q "$T" msg || { cat msg; fail "export names the missing tensor"; }
 cp "$A" shape.h5 && "$U" tamper-shape shape.h5 "$T" || fail "tamper tool"
 "$B/vlckpt" inspect shape.h5 > msg 2>&1 && fail "inspect passed a mis-shaped tensor"
 grep -q "tensor $T has shape \[1\], the model expects float \[16, 16\]" msg || { cat msg; fail "shape message"; }
+cp "$A" value.h5 && "$U" tamper-value value.h5 "$T" || fail "tamper tool"
+"$B/vlckpt" inspect value.h5 > msg 2>&1 && fail "inspect passed a changed value"
+grep -q "tensor $T does not match its checksum" msg && grep -q "intact:   FAILED (1 tensors" msg || { cat msg; fail "checksum message"; }
+"$B/vlckpt" export value.h5 Ev > msg 2>&1 && fail "export of an altered checkpoint"
+grep -q "differ from their checksum (first: $T)" msg || { cat msg; fail "export names the altered tensor"; }
+"$B/vlckpt" inspect "$A" | grep -q "intact:   ok" || fail "the original is not intact"
 cp "$A" conf.h5 && "$U" tamper-config conf.h5 || fail "tamper tool"
 "$B/vlckpt" inspect conf.h5 > msg 2>&1 && fail "inspect passed a junk config"
 grep -q "its config text does not load" msg || { cat msg; fail "config message"; }

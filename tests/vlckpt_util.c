@@ -7,6 +7,7 @@
  *   tamper-drop CKPT NAME         removes /params/NAME
  *   tamper-shape CKPT NAME        replaces /params/NAME by a [1] dataset
  *   tamper-config CKPT            replaces the config attribute by junk
+ *   tamper-value CKPT NAME        flips the lowest bit of /params/NAME's first value
  *   st-drop HFDIR NAME OUT        OUT/model.safetensors: HFDIR's tensors less NAME
  *   st-reshape HFDIR NAME OUT     ... NAME flattened to one dimension
  *   logits HFDIR INPUTS OUT       forward (CPU, fp32) of model.path=HFDIR on the
@@ -102,6 +103,22 @@ static int tamper(const char *ckpt, const char *what, const char *name) {
   snprintf(path, sizeof path, "params/%s", name ? name : "");
   if (!strcmp(what, "tamper-drop")) {
     rc = H5Ldelete(f, path, H5P_DEFAULT) < 0;
+  } else if (!strcmp(what, "tamper-value")) {
+    hid_t d = H5Dopen2(f, path, H5P_DEFAULT), fs = d >= 0 ? H5Dget_space(d) : -1;
+    hsize_t zero[8] = {0}, one[8] = {1, 1, 1, 1, 1, 1, 1, 1}, n1 = 1;
+    int nd = fs >= 0 ? H5Sget_simple_extent_ndims(fs) : -1;
+    hid_t ms = H5Screate_simple(1, &n1, NULL);
+    float v = 0;
+    unsigned int bits;
+    rc = d < 0 || nd < 1 || nd > 8 || H5Sselect_hyperslab(fs, H5S_SELECT_SET, zero, NULL, one, NULL) < 0 ||
+         H5Dread(d, H5T_NATIVE_FLOAT, ms, fs, H5P_DEFAULT, &v) < 0;
+    memcpy(&bits, &v, 4);
+    bits ^= 1u;
+    memcpy(&v, &bits, 4);
+    rc = rc || H5Dwrite(d, H5T_NATIVE_FLOAT, ms, fs, H5P_DEFAULT, &v) < 0;
+    H5Sclose(ms);
+    if (fs >= 0) H5Sclose(fs);
+    if (d >= 0) H5Dclose(d);
   } else if (!strcmp(what, "tamper-shape")) {
     hsize_t one = 1;
     float z = 0;
