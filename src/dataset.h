@@ -68,7 +68,8 @@ typedef struct {
 typedef struct vl_dataset_writer vl_dataset_writer;
 
 /* Creates path's temporary sibling (path + ".tmp.<pid>"); nothing appears at
- * path until commit. */
+ * path until commit.  Serial HDF5 (default file driver): needs no MPI_Init.
+ * Not thread-safe: one writer, one thread (HDF5 here is not thread-safe). */
 int vl_dataset_writer_open(vl_dataset_writer **w, const char *path);
 /* One image of a sample as stored: resized RGB and its grid. */
 typedef struct {
@@ -76,11 +77,15 @@ typedef struct {
   const uint8_t *rgb;     /* h * w * 3 */
   int32_t grid_thw[3];
 } vl_dataset_image;
-/* Appends a sample to split "train" or "val". */
+/* Appends a sample to split "train" or "val" (buffered; written in blocks).
+ * Bad arguments give VL_EINVAL and leave w usable; any other failure leaves
+ * w only fit for abort. */
 int vl_dataset_writer_add(vl_dataset_writer *w, const char *split, const int32_t *ids,
                           const uint8_t *loss_mask, int n_tokens,
                           const vl_dataset_image *images, int n_images);
-/* Writes the attributes, closes, and renames the temporary file to path. */
+/* Writes the attributes, flushes, closes, fsyncs and renames the temporary
+ * file to path; frees w.  On failure the temporary file is already removed
+ * and w is left for vl_dataset_writer_abort (which then only frees it). */
 int vl_dataset_writer_commit(vl_dataset_writer *w, const vl_dataset_info *info);
 /* Removes the temporary file (after an error).  w may be NULL. */
 void vl_dataset_writer_abort(vl_dataset_writer *w);
