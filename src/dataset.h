@@ -96,6 +96,8 @@ typedef struct vl_dataset vl_dataset;
 /* Opens one split ("train" or "val") read-only (serial HDF5 per rank; the
  * index datasets are read into memory, tokens and pixels on demand). */
 int vl_dataset_open(vl_dataset **d, const char *path, const char *split);
+/* *has = 1 when the file has the group `split` (e.g. "val"). */
+int vl_dataset_has_split(const char *path, const char *split, int *has);
 void vl_dataset_close(vl_dataset *d);
 long vl_dataset_size(const vl_dataset *d);
 const vl_dataset_info *vl_dataset_provenance(const vl_dataset *d);
@@ -109,11 +111,14 @@ typedef struct {
   int32_t *ids, *labels;
   int32_t (*grid)[3];
   float *pixels;
-  size_t cap_tokens, cap_images, cap_pixels;  /* buffers are reused */
+  uint8_t *bytes;      /* scratch: loss mask, RGB, chunks */
+  size_t cap_tokens, cap_images, cap_pixels, cap_bytes;  /* buffers are reused */
   vl_sample sample;   /* points into the buffers above */
 } vl_dataset_sample;
 
-/* Reads sample i (0 <= i < size) into s (grows its buffers). */
+/* Reads sample i (0 <= i < size) into s (grows its buffers; a zeroed s
+ * starts empty).  Any thread may read (pread + zlib; no HDF5 calls), each
+ * into its own s. */
 int vl_dataset_read(vl_dataset *d, long i, vl_dataset_sample *s);
 void vl_dataset_sample_free(vl_dataset_sample *s);
 
@@ -122,16 +127,21 @@ void vl_dataset_sample_free(vl_dataset_sample *s);
 long vl_dataset_index(const vl_dataset *d, uint64_t seed, uint64_t g);
 
 /* ---- prefetch -------------------------------------------------------------- */
-/* A background thread reads the samples of global numbers g0 .. g0+count-1
- * (through vl_dataset_index) ahead of the trainer. */
+/* A background thread reads requested samples (global numbers g, through
+ * vl_dataset_index with seed) ahead of the taker, at most `depth` samples
+ * ahead.  Requests queue without bound; samples are taken in request order.
+ * A read error travels to the vl_prefetch_take of that sample (VL_EIO ...
+ * with the reader's message).  The thread makes no HDF5 calls. */
 typedef struct vl_prefetch vl_prefetch;
 int vl_prefetch_start(vl_prefetch **p, vl_dataset *d, uint64_t seed, int depth);
-/* Requests the next global sample numbers in the order they will be taken. */
+/* Requests the next global sample number, in the order they will be taken. */
 int vl_prefetch_request(vl_prefetch *p, uint64_t g);
 /* Takes the sample of global number g (must be the oldest request), blocking
  * until it is ready: its buffers are swapped with *out's, so nothing is
  * copied and *out owns the sample until the caller frees or reuses it. */
 int vl_prefetch_take(vl_prefetch *p, uint64_t g, vl_dataset_sample *out);
+/* Stops the thread (after the sample it is reading) and drops what is
+ * queued.  p may be NULL. */
 void vl_prefetch_stop(vl_prefetch *p);
 
 #endif
