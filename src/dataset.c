@@ -414,6 +414,18 @@ struct vl_dataset {
 long vl_dataset_size(const vl_dataset *d) { return d ? d->n_samples : 0; }
 const vl_dataset_info *vl_dataset_provenance(const vl_dataset *d) { return &d->info; }
 
+void vl_dataset_limits(const vl_dataset *d, long *max_tokens, long *max_patches, long *at_tokens,
+                       long *at_patches) {
+  *max_tokens = *max_patches = 0;
+  *at_tokens = *at_patches = -1;
+  for (long i = 0; i < d->n_samples; i++) {
+    long n = (long)(d->soff[i + 1] - d->soff[i]), p = 0;
+    for (int64_t j = d->ioff[i]; j < d->ioff[i + 1]; j++) p += (long)d->grid[j][0] * d->grid[j][1] * d->grid[j][2];
+    if (n > *max_tokens) { *max_tokens = n; *at_tokens = i; }
+    if (p > *max_patches) { *max_patches = p; *at_patches = i; }
+  }
+}
+
 void vl_dataset_close(vl_dataset *d) {
   if (!d) return;
   if (d->fd >= 0) close(d->fd);

@@ -100,6 +100,9 @@ int vl_dataset_open(vl_dataset **d, const char *path, const char *split);
 int vl_dataset_has_split(const char *path, const char *split, int *has);
 void vl_dataset_close(vl_dataset *d);
 long vl_dataset_size(const vl_dataset *d);
+/* The largest sample: tokens, and vision patches (sum of t*h*w of its images). */
+void vl_dataset_limits(const vl_dataset *d, long *max_tokens, long *max_patches, long *at_tokens,
+                       long *at_patches);
 const vl_dataset_info *vl_dataset_provenance(const vl_dataset *d);
 /* Checks family, vocabulary size and special-token ids, patch/merge sizes
  * against the model; VL_EINVAL "PATH: dataset made for X, model is Y". */
