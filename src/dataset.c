@@ -155,11 +155,76 @@ done:
   return rc;
 }
 
-/* Appends the buffered rows of every dataset of the split to the file. */
-static int wsplit_flush(vl_dataset_writer *w, wsplit *s) {
+/* tokens, loss_mask and pixels are written chunk by chunk, compressed here */
+static int is_bulk(int k) { return k == D_TOKENS || k == D_MASK || k == D_PIX; }
+
+/* Compresses the buffered whole chunks of bulk dataset k (and, when final,
+ * the last partial one, zero-padded as HDF5 stores edge chunks) in parallel
+ * and writes them with H5Dwrite_chunk: deflate on every core instead of
+ * HDF5's one thread. */
+static int flush_chunks(vl_dataset_writer *w, wsplit *s, int k, int final) {
+  wbuf *b = &s->buf[k];
+  const size_t elem = type_size(dspec[k].type), cbytes = (size_t)dspec[k].chunk * elem;
+  const size_t nfull = b->n / cbytes, rem = b->n % cbytes;
+  const size_t nch = nfull + (final && rem ? 1 : 0);
+  if (!nch) return VL_OK;
+  if (final && rem) {
+    const size_t used = b->n;
+    if (b->cap < nch * cbytes) {
+      char *q = realloc(b->data, nch * cbytes);
+      if (!q) VL_ERROR(VL_ENOMEM, "dataset writer: last chunk of %s", dspec[k].name);
+      b->data = q;
+      b->cap = nch * cbytes;
+    }
+    memset(b->data + used, 0, nch * cbytes - used);
+  }
+  const uLong bound = compressBound((uLong)cbytes);
+  uint8_t *out = malloc(nch * bound);
+  uLongf *len = malloc(nch * sizeof *len);
+  if (!out || !len) {
+    free(out); free(len);
+    VL_ERROR(VL_ENOMEM, "dataset writer: compression buffers for %zu chunks of %s", nch, dspec[k].name);
+  }
+  int bad = 0;
+  const int level = dspec[k].deflate;
+#pragma omp parallel for schedule(dynamic) reduction(| : bad)
+  for (long c = 0; c < (long)nch; c++) {
+    len[c] = bound;
+    if (compress2(out + (size_t)c * bound, &len[c], (const Bytef *)b->data + (size_t)c * cbytes, (uLong)cbytes,
+                  level) != Z_OK)
+      bad = 1;
+  }
+  int rc = VL_OK;
+  hsize_t rows = s->rows[k] + (hsize_t)nfull * dspec[k].chunk + (final ? rem / elem : 0);
+  if (bad) VL_ERROR_GOTO(rc, done, VL_ENOMEM, "dataset writer: deflate of %s failed", dspec[k].name);
+  if (H5Dset_extent(s->dset[k], &rows) < 0)
+    VL_ERROR_GOTO(rc, done, VL_EHDF5, "%s: cannot extend %s", w->tmp, dspec[k].name);
+  for (size_t c = 0; c < nch; c++) {
+    hsize_t off = s->rows[k] + (hsize_t)c * dspec[k].chunk;
+    if (H5Dwrite_chunk(s->dset[k], H5P_DEFAULT, 0, &off, len[c], out + c * bound) < 0)
+      VL_ERROR_GOTO(rc, done, VL_EHDF5, "%s: writing a chunk of %s failed (disk full?)", w->tmp, dspec[k].name);
+  }
+  const size_t consumed = final ? b->n : nfull * cbytes;
+  memmove(b->data, b->data + consumed, b->n - consumed);
+  b->n -= consumed;
+  w->buffered -= consumed;
+  s->rows[k] = rows;
+done:
+  free(out);
+  free(len);
+  return rc;
+}
+
+/* Appends the buffered rows of every dataset of the split to the file
+ * (bulk datasets: whole chunks only, unless final). */
+static int wsplit_flush(vl_dataset_writer *w, wsplit *s, int final) {
   int rc = VL_OK;
   for (int k = 0; k < D_N; k++) {
     wbuf *b = &s->buf[k];
+    if (is_bulk(k)) {
+      VL_CALL(flush_chunks(w, s, k, final));
+      continue;
+    }
     if (!b->n) continue;
     const size_t row = type_size(dspec[k].type) * (size_t)dspec[k].cols;
     hsize_t add = b->n / row, start[2] = {s->rows[k], 0}, count[2] = {add, (hsize_t)dspec[k].cols};
@@ -224,7 +289,7 @@ int vl_dataset_writer_add(vl_dataset_writer *w, const char *split, const int32_t
   s->n_samples++;
   if (w->buffered >= WBUF_FLUSH_BYTES)
     for (int q = 0; q < 2; q++)
-      if (w->split[q].group >= 0) VL_CALL_GOTO(rc, fail, wsplit_flush(w, &w->split[q]));
+      if (w->split[q].group >= 0) VL_CALL_GOTO(rc, fail, wsplit_flush(w, &w->split[q], 0));
   return VL_OK;
 fail:
   w->failed = 1; /* buffers may hold half a sample: only abort is left */
@@ -316,7 +381,7 @@ int vl_dataset_writer_commit(vl_dataset_writer *w, const vl_dataset_info *info) 
   /* every file has a train group, possibly empty */
   if (w->split[0].group < 0) VL_CALL_GOTO(rc, fail, wsplit_create(w, 0));
   for (int q = 0; q < 2; q++)
-    if (w->split[q].group >= 0) VL_CALL_GOTO(rc, fail, wsplit_flush(w, &w->split[q]));
+    if (w->split[q].group >= 0) VL_CALL_GOTO(rc, fail, wsplit_flush(w, &w->split[q], 1));
   VL_CALL_GOTO(rc, fail, write_info(w, info));
   for (int q = 0; q < 2; q++) {
     for (int k = 0; k < D_N; k++) {

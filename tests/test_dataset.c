@@ -239,6 +239,42 @@ int main(void) {
   CHECK(vl_dataset_writer_commit(w, &info) == VL_OK, "commit: %s", vl_err_last());
   CHECK(access(path, F_OK) == 0 && access(tmpname, F_OK) != 0, "commit renamed the temporary file");
 
+  /* plain HDF5 (H5Dread, as h5py would) sees the same bytes: the chunks the
+   * writer compressed itself are ordinary deflate chunks */
+  {
+    size_t nt = 0, np = 0;
+    for (int i = 0; i < NT; i++) {
+      nt += (size_t)tr[i].n;
+      for (int j = 0; j < tr[i].ni; j++) np += (size_t)tr[i].im[j].h * tr[i].im[j].w * 3;
+    }
+    int32_t *ids = malloc(nt * 4);
+    uint8_t *mask = malloc(nt), *pix = malloc(np);
+    hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    hid_t d1 = H5Dopen2(f, "train/tokens", H5P_DEFAULT), d2 = H5Dopen2(f, "train/loss_mask", H5P_DEFAULT),
+          d3 = H5Dopen2(f, "train/pixels", H5P_DEFAULT);
+    hid_t sp = H5Dget_space(d3);
+    hsize_t got = 0;
+    H5Sget_simple_extent_dims(sp, &got, NULL);
+    H5Sclose(sp);
+    int ok = got == np && H5Dread(d1, H5T_NATIVE_INT32, H5S_ALL, H5S_ALL, H5P_DEFAULT, ids) >= 0 &&
+             H5Dread(d2, H5T_NATIVE_UINT8, H5S_ALL, H5S_ALL, H5P_DEFAULT, mask) >= 0 &&
+             H5Dread(d3, H5T_NATIVE_UINT8, H5S_ALL, H5S_ALL, H5P_DEFAULT, pix) >= 0;
+    size_t at = 0, ap = 0;
+    for (int i = 0; ok && i < NT; i++) {
+      ok &= !memcmp(ids + at, tr[i].ids, (size_t)tr[i].n * 4) && !memcmp(mask + at, tr[i].mask, (size_t)tr[i].n);
+      at += (size_t)tr[i].n;
+      for (int j = 0; ok && j < tr[i].ni; j++) {
+        size_t b = (size_t)tr[i].im[j].h * tr[i].im[j].w * 3;
+        ok &= !memcmp(pix + ap, tr[i].im[j].rgb, b);
+        ap += b;
+      }
+    }
+    CHECK(ok, "H5Dread of tokens, loss_mask and pixels gives what was written (%llu pixel bytes, %zu expected)",
+          (unsigned long long)got, np);
+    H5Dclose(d1); H5Dclose(d2); H5Dclose(d3); H5Fclose(f);
+    free(ids); free(mask); free(pix);
+  }
+
   /* abort: nothing remains; a commit with bad provenance leaves nothing */
   {
     char p2[300];
