@@ -383,6 +383,11 @@ int main(int argc, char **argv) {
       H5Dread(d, H5T_NATIVE_DOUBLE, H5S_ALL, H5S_ALL, H5P_DEFAULT, &es); H5Dclose(d);
       d = H5Dopen2(f, "eval_loss", H5P_DEFAULT);
       H5Dread(d, H5T_NATIVE_DOUBLE, H5S_ALL, H5S_ALL, H5P_DEFAULT, &el); H5Dclose(d);
+      double ea = -1;
+      d = H5Dopen2(f, "eval_accuracy", H5P_DEFAULT);
+      CHECK(d >= 0 && H5Dread(d, H5T_NATIVE_DOUBLE, H5S_ALL, H5S_ALL, H5P_DEFAULT, &ea) >= 0, "eval_accuracy");
+      H5Dclose(d);
+      CHECK(ea >= 0 && ea <= 1, "eval_accuracy %g", ea);
       CHECK(es == 6 && el < l0, "validation loss at step %g: %.4f, initial %.4f", es, el, l0);
       printf("validation loss: %.4f at start, %.4f after 6 steps\n", l0, el);
       H5Fclose(f);
