@@ -922,6 +922,7 @@ void vl_dataset_sample_free(vl_dataset_sample *s) {
 int vl_dataset_read(vl_dataset *d, long i, vl_dataset_sample *s) {
   if (i < 0 || i >= d->n_samples)
     VL_ERROR(VL_EINVAL, "%s: sample %ld of split %s out of range (%ld samples)", d->path, i, d->split, d->n_samples);
+  memset(&s->sample, 0, sizeof s->sample); /* nothing stale after a failure */
   const uint64_t t0 = (uint64_t)d->soff[i], t1 = (uint64_t)d->soff[i + 1];
   const int n = (int)(t1 - t0);
   const long j0 = (long)d->ioff[i], j1 = (long)d->ioff[i + 1];
@@ -1034,6 +1035,9 @@ struct vl_prefetch {
   pf_slot **ring; /* requests in order; ring[(head + k) % cap], k < count */
   size_t cap, head, count, next; /* next: requests handed to the reader so far (from head) */
   int stop;
+  /* buffers given back by takes, reused by the reader (no 30 MB mallocs per sample) */
+  vl_dataset_sample *spare;
+  int n_spare;
 };
 
 static void *prefetch_main(void *arg) {
@@ -1047,6 +1051,7 @@ static void *prefetch_main(void *arg) {
     pf_slot *sl = p->ring[(p->head + p->next) % p->cap];
     p->next++;
     sl->state = 1;
+    if (p->n_spare > 0 && !sl->s.bytes) sl->s = p->spare[--p->n_spare];
     pthread_mutex_unlock(&p->mu);
     vl_err_clear();
     long i = vl_dataset_index(p->d, p->seed, sl->g);
@@ -1068,6 +1073,8 @@ int vl_prefetch_start(vl_prefetch **out, vl_dataset *d, uint64_t seed, int depth
   if (vl_dataset_size(d) <= 0) VL_ERROR(VL_EINVAL, "%s: the %s split has no samples", d->path, d->split);
   vl_prefetch *p = calloc(1, sizeof *p);
   if (!p) VL_ERROR(VL_ENOMEM, "prefetch");
+  p->spare = calloc((size_t)depth, sizeof *p->spare);
+  if (!p->spare) { free(p); VL_ERROR(VL_ENOMEM, "prefetch"); }
   p->d = d;
   p->seed = seed;
   p->depth = depth;
@@ -1133,7 +1140,11 @@ int vl_prefetch_take(vl_prefetch *p, uint64_t g, vl_dataset_sample *out) {
     vl_err_raise(rc, __FILE__, __LINE__, __func__, "%s (read ahead for global sample %llu)", sl->err,
                  (unsigned long long)g);
   }
-  vl_dataset_sample_free(&sl->s);
+  /* the caller's previous buffers go to the reader */
+  pthread_mutex_lock(&p->mu);
+  if (sl->s.bytes && p->n_spare < p->depth) p->spare[p->n_spare++] = sl->s;
+  else vl_dataset_sample_free(&sl->s);
+  pthread_mutex_unlock(&p->mu);
   free(sl);
   return rc;
 }
@@ -1151,6 +1162,8 @@ void vl_prefetch_stop(vl_prefetch *p) {
     free(sl);
   }
   free(p->ring);
+  for (int k = 0; k < p->n_spare; k++) vl_dataset_sample_free(&p->spare[k]);
+  free(p->spare);
   pthread_cond_destroy(&p->cv_work);
   pthread_cond_destroy(&p->cv_ready);
   pthread_mutex_destroy(&p->mu);
