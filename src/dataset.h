@@ -18,8 +18,12 @@
  *   image_hw        int32  (n_images, 2)    resized height, width (pixels)
  *   pixel_offsets   int64  (n_images + 1)   image j = pixels[po[j] .. po[j+1]), h*w*3 bytes
  *   pixels          uint8  (n_pixel_bytes)  RGB after smart_resize + bicubic, row-major
- * The 1-D datasets are chunked and deflate-compressed (pixels, tokens,
- * loss_mask).  Root attributes (provenance):
+ * All datasets are chunked and extendable; tokens (16,384 per chunk),
+ * loss_mask (65,536) and pixels (262,144 bytes) are deflate-compressed (the
+ * writer compresses whole chunks on every core and writes them with
+ * H5Dwrite_chunk; any HDF5 reader decodes them).  Root attributes
+ * (provenance; vocab_size is the MODEL config's text vocab_size, which
+ * vl_dataset_check compares for equality):
  *   format = "vltrain-dataset", format_version = 1, family ("qwen3-vl" |
  *   "qwen2-vl"), vocab_size, image_token_id, vision_start_token_id,
  *   vision_end_token_id, tokenizer_sha256 (hex of tokenizer.json's bytes),
