@@ -21,6 +21,7 @@ static int omp_threads(void) { return 1; }
 #include "batch.h"
 #include "comm.h"
 #include "config.h"
+#include "dataset.h"
 #include "err.h"
 #include "graph.h"
 #include "model.h"
@@ -113,6 +114,31 @@ static int dry_run(const vl_config *cfg, const vl_model *m, int world) {
   printf("global batch: %d ranks x %d micro-batch x %d accumulation = %d samples per step\n",
          world, cfg->train.micro_batch, cfg->train.grad_accum,
          world * cfg->train.micro_batch * cfg->train.grad_accum);
+  /* the data: opened and checked as the run will */
+  char data[VL_PATH_MAX];
+  vl_train_data_path(cfg, data, sizeof data);
+  if (!data[0]) {
+    printf("data: generated samples (run.data is empty)\n");
+    return VL_OK;
+  }
+  const char *split[2] = {"train", "val"};
+  for (int k = 0; k < 2; k++) {
+    int has = 1;
+    if (k) VL_CALL(vl_dataset_has_split(data, split[k], &has));
+    if (!has) { printf("data: %s: no val split (no evaluation)\n", data); break; }
+    vl_dataset *d = NULL;
+    VL_CALL(vl_dataset_open(&d, data, split[k]));
+    int rc = vl_dataset_check(d, &cfg->model);
+    long mt, mp, it, ip;
+    vl_dataset_limits(d, &mt, &mp, &it, &ip);
+    if (rc == VL_OK)
+      printf("data: %s: %s split %ld samples, longest %ld tokens (train.max_seq_len %d), most %ld vision patches "
+             "(train.max_vision_patches %d)%s\n", data, split[k], vl_dataset_size(d), mt, cfg->train.max_seq_len,
+             mp, cfg->train.max_vision_patches,
+             mt > cfg->train.max_seq_len || mp > cfg->train.max_vision_patches ? "  TOO LARGE: raise the limits" : "");
+    vl_dataset_close(d);
+    VL_CALL(rc);
+  }
   return VL_OK;
 }
 
@@ -185,8 +211,6 @@ static int train(const vl_config *cfg, const vl_model *m, vl_comm *comm) {
       vl_weights_init_random(m, w, cfg->train.seed, 0.02f);
     }
   }
-  if (rc == VL_OK && comm->rank == 0)
-    printf("data: generated samples (datasets arrive with vlprep; see README)\n");
   int preempted = 0;
   if (rc == VL_OK) rc = vl_train_run(cfg, m, comm, ops, w, &preempted);
   if (rc == VL_OK && preempted) rc = -1;

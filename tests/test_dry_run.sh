@@ -24,12 +24,12 @@ echo "$out"
 echo "$out" | grep -q ":4: model.text.hidden_size:" || { echo "FAIL: message lacks file:line: key"; exit 1; }
 # train.global_batch: grad_accum follows from the ranks; a batch that does not divide is an error
 gb=$(mktemp /tmp/vl_gb_XXXXXX.yaml)
-printf 'include: %s\ntrain: {micro_batch: 2, global_batch: 6}\n' "$VL_SRCDIR/inputs/tiny.yaml" > "$gb"
+printf 'include: %s\ntrain: {micro_batch: 2, global_batch: 6}\nrun: {data: ""}\n' "$VL_SRCDIR/inputs/tiny.yaml" > "$gb"
 out=$("$bin" --dry-run "$gb" 2>&1); rc=$?
 echo "$out" | grep "global batch"
 [ $rc -eq 0 ] && echo "$out" | grep -q "global batch: 1 ranks x 2 micro-batch x 3 accumulation = 6 samples" \
   || { rm -f "$gb"; echo "$out"; echo "FAIL: global_batch 6 = 1 x 2 x 3"; exit 1; }
-printf 'include: %s\ntrain: {micro_batch: 4, global_batch: 6}\n' "$VL_SRCDIR/inputs/tiny.yaml" > "$gb"
+printf 'include: %s\ntrain: {micro_batch: 4, global_batch: 6}\nrun: {data: ""}\n' "$VL_SRCDIR/inputs/tiny.yaml" > "$gb"
 out=$("$bin" --dry-run "$gb" 2>&1); rc=$?
 rm -f "$gb"
 echo "$out" | tail -n 2

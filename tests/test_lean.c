@@ -129,7 +129,7 @@ static double run(const vl_config *cfg, const vl_model *m, vl_comm *c, vl_ops *o
     if (s == 0) first_loss = r.loss;
     last = r.loss;
   }
-  if (save_dir) CHECK(vl_ckpt_save(save_dir, &tr.opt, cfg, 4) == VL_OK, "save: %s", vl_err_last());
+  if (save_dir) CHECK(vl_trainer_save(&tr, save_dir, 4) == VL_OK, "save: %s", vl_err_last());
   if (out) vl_trainer_params(&tr, out);
   vl_trainer_destroy(&tr);
   return last;

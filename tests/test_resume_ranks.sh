@@ -24,7 +24,7 @@ EOY
 # "step loss gradnorm" of each step line, and "eval loss"
 figures() {
   sed -n -e 's/^step \([0-9]*\)\/[0-9]*  loss \([^ ]*\)  lr [^ ]*  grad norm \([^ ]*\).*/\1 \2 \3/p' \
-         -e 's/^eval step \([0-9]*\): validation loss \([^ ]*\).*/eval\1 \2 0/p' "$1"
+         -e 's/^eval step \([0-9]*\): val loss \([^ ]*\).*/eval\1 \2 0/p' "$1"
 }
 close() { # want got: same steps; loss within 2e-4, gradient norm within 0.2%
   awk 'NR == FNR { l[$1] = $2; g[$1] = $3; next }

@@ -226,8 +226,8 @@ int main(int argc, char **argv) {
   /* 5 steps, save (keep 2, saved twice: both kept), resume in a new trainer, 5 more */
   double lost_a = last;
   CHECK(vl_trainer_create(&tr, &cfg, &m, &cw, o, w0) == VL_OK, "trainer C");
-  for (int s = 0; s < 5; s++) { vl_step_report r; vl_trainer_step(&tr, &r); if (s == 3) vl_ckpt_save(dir, &tr.opt, &cfg, 2); }
-  CHECK(vl_ckpt_save(dir, &tr.opt, &cfg, 2) == VL_OK, "save: %s", vl_err_last());
+  for (int s = 0; s < 5; s++) { vl_step_report r; vl_trainer_step(&tr, &r); if (s == 3) vl_trainer_save(&tr, dir, 2); }
+  CHECK(vl_trainer_save(&tr, dir, 2) == VL_OK, "save: %s", vl_err_last());
   vl_trainer_destroy(&tr);
   char latest[512];
   CHECK(vl_ckpt_latest(dir, latest, sizeof latest) == VL_OK && strstr(latest, "step_0000005.h5"), "latest %s", latest);
@@ -478,14 +478,19 @@ int main(int argc, char **argv) {
     CHECK(vl_train_run(&c2, &m, &cw, o, w0, &pre) == VL_OK && !pre, "train run: %s", vl_err_last());
     /* validation loss of the initial weights, split over W ranks and on one */
     double l0 = 0, l1 = 0;
+    vl_eval_result e0, e1;
     vl_trainer_create(&tr, &cfg, &m, &cw, o, w0);
-    CHECK(vl_trainer_eval(&tr, 16, &l0) == VL_OK, "eval: %s", vl_err_last());
+    CHECK(vl_trainer_eval(&tr, 16, &e0) == VL_OK, "eval: %s", vl_err_last());
+    l0 = e0.loss;
     vl_trainer_destroy(&tr);
     if (rank == 0) {
       vl_comm one;
       vl_comm_init_on(&one, MPI_COMM_SELF, on_gpu ? VL_BACKEND_CUDA : VL_BACKEND_CPU, 0, 60);
       vl_trainer_create(&tr, &cfg, &m, &one, o, w0);
-      vl_trainer_eval(&tr, 16, &l1);
+      vl_trainer_eval(&tr, 16, &e1);
+      l1 = e1.loss;
+      CHECK(e0.samples == 16 && e1.samples == 16 && e0.correct == e1.correct,
+            "exact-match on %d ranks %ld/%ld, on one %ld/%ld", W, e0.correct, e0.samples, e1.correct, e1.samples);
       vl_trainer_destroy(&tr);
       vl_comm_free(&one);
       CHECK(fabs(l0 - l1) <= 1e-6 * l1, "validation loss on %d ranks %.9g, on one %.9g", W, l0, l1);
@@ -533,6 +538,11 @@ int main(int argc, char **argv) {
       H5Dread(d, H5T_NATIVE_DOUBLE, H5S_ALL, H5S_ALL, H5P_DEFAULT, &es); H5Dclose(d);
       d = H5Dopen2(f, "eval_loss", H5P_DEFAULT);
       H5Dread(d, H5T_NATIVE_DOUBLE, H5S_ALL, H5S_ALL, H5P_DEFAULT, &el); H5Dclose(d);
+      double ea = -1;
+      d = H5Dopen2(f, "eval_accuracy", H5P_DEFAULT);
+      CHECK(d >= 0 && H5Dread(d, H5T_NATIVE_DOUBLE, H5S_ALL, H5S_ALL, H5P_DEFAULT, &ea) >= 0, "eval_accuracy");
+      H5Dclose(d);
+      CHECK(ea >= 0 && ea <= 1, "eval_accuracy %g", ea);
       CHECK(es == 6 && el < l0, "validation loss at step %g: %.4f, initial %.4f", es, el, l0);
       /* the row of step 6 against the checkpoints of steps 5 and 6: parameter
        * norms of the updated weights, update ratios |w6 - w5| / |w6| */

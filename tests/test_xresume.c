@@ -54,7 +54,7 @@ static void cross(vl_config *cfg, const vl_model *m, const float *w0, backend *w
   double lw = 0, lr = 0;
   CHECK(vl_trainer_create(&tw, cfg, m, wr->c, wr->o, w0) == VL_OK, "%s trainer: %s", wr->name, vl_err_last());
   for (int s = 0; s < 5; s++) CHECK(vl_trainer_step(&tw, &r) == VL_OK, "step: %s", vl_err_last());
-  CHECK(vl_ckpt_save(dir, &tw.opt, cfg, 1) == VL_OK, "save: %s", vl_err_last());
+  CHECK(vl_trainer_save(&tw, dir, 1) == VL_OK, "save: %s", vl_err_last());
   char path[512];
   vl_ckpt_latest(dir, path, sizeof path);
   state(&tw, a[0], a[1], a[2]);
