@@ -1,12 +1,17 @@
-/* attention: segment-masked (optionally causal) multi-head attention with GQA,
- * flash-style — online softmax over key tiles in shared memory, no T x T
- * matrix.  Forward and the dQ pass are query-major (a warp per query row),
- * the dK/dV pass is key-major (a warp per key row), so no atomics.
- * Short segments: fp32 CUDA-core math, tiles of 32 keys; head_dim <= 128.
- * Segments of GEMM_PATH_MIN rows or more take the tensor-core path below
- * (VL_ATTENTION_GEMM=0/1 forces one path), as does any head_dim > 128.
- * Rows outside [seg[0], seg[nseg]) are neither written nor given gradients
- * (ops.h); dqkv NULL skips the backward. */
+/* attention: segment-masked (optionally causal) multi-head attention with GQA.
+ * Three paths, chosen by shape (vl_cuda_attention_path names the one taken):
+ *   flash (the default): fused tensor-core kernels (mma.sync bf16, fp32
+ *     accumulation, online softmax, no L x L matrix anywhere) for head_dim
+ *     % 8 == 0 and <= 128 on 16-byte aligned tensors; see "flash path" below.
+ *   gemm: cuBLASLt products over query chunks with the chunk's C x L scores
+ *     in memory, for segments of GEMM_PATH_MIN rows or more and any
+ *     head_dim > 128.
+ *   cores: fp32 CUDA-core kernels, online softmax over key tiles in shared
+ *     memory; forward and the dQ pass query-major (a warp per query row),
+ *     the dK/dV pass key-major (a warp per key row), so no atomics.
+ * VL_ATTENTION_FLASH=0 turns the flash path off; VL_ATTENTION_GEMM=0/1
+ * forces cores/gemm.  Rows outside [seg[0], seg[nseg]) are neither written
+ * nor given gradients (ops.h); dqkv NULL skips the backward. */
 #include <stdlib.h>
 
 #include "cuda_common.h"
@@ -376,7 +381,7 @@ static int attn_gemm_backward(vl_ops *o, bf16 *dqkv, const bf16 *dout, const flo
 /* ---- flash path: fused tensor-core attention (mma.sync m16n8k16 bf16) -------
  * FlashAttention-2 style.  A block owns BR = 16 NW rows (16 per warp) of one
  * head inside one segment and streams tiles of BC columns of the other side
- * through shared memory (cp.async, two stages); products run on mma.sync with
+ * through shared memory (cp.async, 2-3 stages); products run on mma.sync with
  * fp32 accumulators in registers; nothing of size L x L touches memory.
  *   forward: rows = queries, columns = keys; online softmax in base 2,
  *            O = P V, lse saved (natural log).
@@ -533,13 +538,13 @@ __device__ __forceinline__ void pv(float acc[MT][DP / 8][4], const float p[MT][B
   }
 }
 
-template <int DP, int NW, int BC, int MT>
-__global__ void __launch_bounds__(NW * 32)
+template <int DP, int NW, int BC, int MT, int ST, int MB>
+__global__ void __launch_bounds__(NW * 32, MB)
     k_fwd(bf16 *out, float *lse, const bf16 *qkv, const int32_t *seg, int nseg, int T, int nh,
           int nkv, int hd, float sl2, int causal, int ntiles) {
   constexpr int BR = NW * 16 * MT, LDS = DP + 8, NT = NW * 32;
   extern __shared__ __align__(16) unsigned char smem[];
-  bf16 *sQ = (bf16 *)smem, *sK = sQ + BR * LDS, *sV = sK + 2 * BC * LDS;
+  bf16 *sQ = (bf16 *)smem, *sK = sQ + BR * LDS, *sV = sK + ST * BC * LDS;
   const int h = blockIdx.x, g = h / (nh / nkv);
   const int tile = causal ? ntiles - 1 - (int)blockIdx.y : (int)blockIdx.y; /* heavy first */
   int b, e, q0;
@@ -548,9 +553,16 @@ __global__ void __launch_bounds__(NW * 32)
   const int kend = causal ? min(e, q0 + BR) : e, nt = (kend - b + BC - 1) / BC;
   const bf16 *Kg = qkv + (size_t)b * W + (nh + g) * hd, *Vg = qkv + (size_t)b * W + (nh + nkv + g) * hd;
   load_rows<BR, DP, NT>(sQ, qkv + (size_t)q0 * W + h * hd, W, e - q0, hd);
-  load_rows<BC, DP, NT>(sK, Kg, W, kend - b, hd);
-  load_rows<BC, DP, NT>(sV, Vg, W, kend - b, hd);
-  cp_commit();
+  auto ld = [&](int p) { /* key tile p into its stage */
+    const int k = p * BC, sg = p % ST;
+    load_rows<BC, DP, NT>(sK + sg * BC * LDS, Kg + (size_t)k * W, W, kend - b - k, hd);
+    load_rows<BC, DP, NT>(sV + sg * BC * LDS, Vg + (size_t)k * W, W, kend - b - k, hd);
+  };
+#pragma unroll
+  for (int p = 0; p < ST - 1; p++) {
+    if (p < nt) ld(p);
+    cp_commit();
+  }
   const int wr0 = q0 + warp * 16 * MT, row = wr0 + (lane >> 2), t4 = lane & 3;
   float o[MT][DP / 8][4], m[MT][2], l[MT][2];
 #pragma unroll
@@ -561,13 +573,10 @@ __global__ void __launch_bounds__(NW * 32)
     for (int n = 0; n < DP / 8; n++) o[t][n][0] = o[t][n][1] = o[t][n][2] = o[t][n][3] = 0.0f;
   }
   for (int it = 0; it < nt; it++) {
-    const int st = it & 1, kb = b + it * BC;
-    if (it + 1 < nt) {
-      load_rows<BC, DP, NT>(sK + (st ^ 1) * BC * LDS, Kg + (size_t)(kb + BC - b) * W, W, kend - kb - BC, hd);
-      load_rows<BC, DP, NT>(sV + (st ^ 1) * BC * LDS, Vg + (size_t)(kb + BC - b) * W, W, kend - kb - BC, hd);
-    }
+    const int st = it % ST, kb = b + it * BC;
+    if (it + ST - 1 < nt) ld(it + ST - 1);
     cp_commit();
-    cp_wait<1>();
+    cp_wait<ST - 1>();
     __syncthreads();
     if (!(causal && kb > wr0 + 16 * MT - 1)) { /* some key of the tile is visible to this warp */
       float s[MT][BC / 8][4];
@@ -586,21 +595,26 @@ __global__ void __launch_bounds__(NW * 32)
       for (int t = 0; t < MT; t++)
 #pragma unroll
         for (int r = 0; r < 2; r++) {
-          float mx = -INFINITY;
+          float pm[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY}; /* 4 short chains */
 #pragma unroll
-          for (int n = 0; n < BC / 8; n++) mx = fmaxf(mx, fmaxf(s[t][n][2 * r], s[t][n][2 * r + 1]));
+          for (int n = 0; n < BC / 8; n++) {
+            pm[(2 * n) & 3] = fmaxf(pm[(2 * n) & 3], s[t][n][2 * r]);
+            pm[(2 * n + 1) & 3] = fmaxf(pm[(2 * n + 1) & 3], s[t][n][2 * r + 1]);
+          }
+          float mx = fmaxf(fmaxf(pm[0], pm[1]), fmaxf(pm[2], pm[3]));
           mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
           mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
           const float mn = fmaxf(m[t][r], mx), base = mn == -INFINITY ? 0.0f : mn;
           const float corr = ex2(m[t][r] - base);
-          float sum = 0.0f;
+          float ps[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
           for (int n = 0; n < BC / 8; n++) {
             s[t][n][2 * r] = ex2(s[t][n][2 * r] - base);
             s[t][n][2 * r + 1] = ex2(s[t][n][2 * r + 1] - base);
-            sum += s[t][n][2 * r] + s[t][n][2 * r + 1];
+            ps[(2 * n) & 3] += s[t][n][2 * r];
+            ps[(2 * n + 1) & 3] += s[t][n][2 * r + 1];
           }
-          l[t][r] = l[t][r] * corr + sum;
+          l[t][r] = l[t][r] * corr + ((ps[0] + ps[1]) + (ps[2] + ps[3]));
           m[t][r] = mn;
 #pragma unroll
           for (int n = 0; n < DP / 8; n++) { o[t][n][2 * r] *= corr; o[t][n][2 * r + 1] *= corr; }
@@ -630,14 +644,14 @@ __global__ void __launch_bounds__(NW * 32)
 }
 
 /* dQ pass: rows = queries of head h; dqkv's q columns += scale dS K */
-template <int DP, int NW, int BC, int MT>
-__global__ void __launch_bounds__(NW * 32)
+template <int DP, int NW, int BC, int MT, int ST, int MB>
+__global__ void __launch_bounds__(NW * 32, MB)
     k_dq(bf16 *dqkv, const bf16 *dout, const float *D, const float *lse, const bf16 *qkv,
          const int32_t *seg, int nseg, int T, int nh, int nkv, int hd, float scale, float sl2,
          int causal, int ntiles) {
   constexpr int BR = NW * 16 * MT, LDS = DP + 8, NT = NW * 32;
   extern __shared__ __align__(16) unsigned char smem[];
-  bf16 *sQ = (bf16 *)smem, *sO = sQ + BR * LDS, *sK = sO + BR * LDS, *sV = sK + 2 * BC * LDS;
+  bf16 *sQ = (bf16 *)smem, *sO = sQ + BR * LDS, *sK = sO + BR * LDS, *sV = sK + ST * BC * LDS;
   const int h = blockIdx.x, g = h / (nh / nkv);
   const int tile = causal ? ntiles - 1 - (int)blockIdx.y : (int)blockIdx.y;
   int b, e, q0;
@@ -647,9 +661,16 @@ __global__ void __launch_bounds__(NW * 32)
   const bf16 *Kg = qkv + (size_t)b * W + (nh + g) * hd, *Vg = qkv + (size_t)b * W + (nh + nkv + g) * hd;
   load_rows<BR, DP, NT>(sQ, qkv + (size_t)q0 * W + h * hd, W, e - q0, hd);
   load_rows<BR, DP, NT>(sO, dout + (size_t)q0 * nh * hd + h * hd, (size_t)nh * hd, e - q0, hd);
-  load_rows<BC, DP, NT>(sK, Kg, W, kend - b, hd);
-  load_rows<BC, DP, NT>(sV, Vg, W, kend - b, hd);
-  cp_commit();
+  auto ld = [&](int p) { /* key tile p into its stage */
+    const int k = p * BC, sg = p % ST;
+    load_rows<BC, DP, NT>(sK + sg * BC * LDS, Kg + (size_t)k * W, W, kend - b - k, hd);
+    load_rows<BC, DP, NT>(sV + sg * BC * LDS, Vg + (size_t)k * W, W, kend - b - k, hd);
+  };
+#pragma unroll
+  for (int p = 0; p < ST - 1; p++) {
+    if (p < nt) ld(p);
+    cp_commit();
+  }
   const int wr0 = q0 + warp * 16 * MT, row = wr0 + (lane >> 2), t4 = lane & 3;
   float L2[MT][2], Dr[MT][2], acc[MT][DP / 8][4];
 #pragma unroll
@@ -664,13 +685,10 @@ __global__ void __launch_bounds__(NW * 32)
     for (int n = 0; n < DP / 8; n++) acc[t][n][0] = acc[t][n][1] = acc[t][n][2] = acc[t][n][3] = 0.0f;
   }
   for (int it = 0; it < nt; it++) {
-    const int st = it & 1, kb = b + it * BC;
-    if (it + 1 < nt) {
-      load_rows<BC, DP, NT>(sK + (st ^ 1) * BC * LDS, Kg + (size_t)(kb + BC - b) * W, W, kend - kb - BC, hd);
-      load_rows<BC, DP, NT>(sV + (st ^ 1) * BC * LDS, Vg + (size_t)(kb + BC - b) * W, W, kend - kb - BC, hd);
-    }
+    const int st = it % ST, kb = b + it * BC;
+    if (it + ST - 1 < nt) ld(it + ST - 1);
     cp_commit();
-    cp_wait<1>();
+    cp_wait<ST - 1>();
     __syncthreads();
     if (!(causal && kb > wr0 + 16 * MT - 1)) {
       float s[MT][BC / 8][4], dp[MT][BC / 8][4];
@@ -713,15 +731,15 @@ __global__ void __launch_bounds__(NW * 32)
 
 /* dK/dV pass: rows = keys of kv head g; columns = queries of each q head of
  * the group that see them. */
-template <int DP, int NW, int BC, int MT>
-__global__ void __launch_bounds__(NW * 32)
+template <int DP, int NW, int BC, int MT, int ST, int MB>
+__global__ void __launch_bounds__(NW * 32, MB)
     k_dkv(bf16 *dqkv, const bf16 *dout, const float *D, const float *lse, const bf16 *qkv,
           const int32_t *seg, int nseg, int T, int nh, int nkv, int hd, float scale, float sl2,
           int causal) {
   constexpr int BR = NW * 16 * MT, LDS = DP + 8, NT = NW * 32;
   extern __shared__ __align__(16) unsigned char smem[];
-  bf16 *sK = (bf16 *)smem, *sV = sK + BR * LDS, *sQ = sV + BR * LDS, *sO = sQ + 2 * BC * LDS;
-  float *sL = (float *)(sO + 2 * BC * LDS), *sD = sL + 2 * BC;
+  bf16 *sK = (bf16 *)smem, *sV = sK + BR * LDS, *sQ = sV + BR * LDS, *sO = sQ + ST * BC * LDS;
+  float *sL = (float *)(sO + ST * BC * LDS), *sD = sL + ST * BC;
   const int g = blockIdx.x, grp = nh / nkv;
   int b, e, k0;
   if (!find_tile(seg, nseg, blockIdx.y, BR, b, e, k0)) return;
@@ -729,7 +747,8 @@ __global__ void __launch_bounds__(NW * 32)
   const int qs = causal ? k0 : b, nq = (e - qs + BC - 1) / BC, nt = nq * grp;
   load_rows<BR, DP, NT>(sK, qkv + (size_t)k0 * W + (nh + g) * hd, W, e - k0, hd);
   load_rows<BR, DP, NT>(sV, qkv + (size_t)k0 * W + (nh + nkv + g) * hd, W, e - k0, hd);
-  auto stage = [&](int it, int st) {
+  auto stage = [&](int it) {
+    const int st = it % ST;
     const int h = g * grp + it / nq, i0 = qs + (it % nq) * BC;
     load_rows<BC, DP, NT>(sQ + st * BC * LDS, qkv + (size_t)i0 * W + h * hd, W, e - i0, hd);
     load_rows<BC, DP, NT>(sO + st * BC * LDS, dout + (size_t)i0 * nh * hd + h * hd, (size_t)nh * hd, e - i0, hd);
@@ -739,8 +758,11 @@ __global__ void __launch_bounds__(NW * 32)
       sD[st * BC + c] = i < e ? D[(size_t)h * T + i] : 0.0f;
     }
   };
-  stage(0, 0);
-  cp_commit();
+#pragma unroll
+  for (int p = 0; p < ST - 1; p++) {
+    if (p < nt) stage(p);
+    cp_commit();
+  }
   const int wr0 = k0 + warp * 16 * MT, row = wr0 + (lane >> 2), t4 = lane & 3;
   float dk[MT][DP / 8][4], dv[MT][DP / 8][4];
 #pragma unroll
@@ -750,10 +772,10 @@ __global__ void __launch_bounds__(NW * 32)
 #pragma unroll
       for (int c = 0; c < 4; c++) dk[t][n][c] = dv[t][n][c] = 0.0f;
   for (int it = 0; it < nt; it++) {
-    const int st = it & 1, i0 = qs + (it % nq) * BC;
-    if (it + 1 < nt) stage(it + 1, st ^ 1);
+    const int st = it % ST, i0 = qs + (it % nq) * BC;
+    if (it + ST - 1 < nt) stage(it + ST - 1);
     cp_commit();
-    cp_wait<1>();
+    cp_wait<ST - 1>();
     __syncthreads();
     if (!(causal && i0 + BC - 1 < wr0)) { /* some query of the tile sees these keys */
       float s[MT][BC / 8][4], dp[MT][BC / 8][4];
@@ -817,81 +839,72 @@ static int set_smem(K kernel, size_t bytes, const char *what) {
   return VL_OK;
 }
 
-/* Block shapes (warps NW, row tiles per warp MT, columns per tile BC),
- * chosen by measurement on an H100 (tests/bench/attn_device.sh). */
-template <int DP, int V> struct cfg_fwd { enum { NW = 4, MT = 2, BC = DP > 80 ? 32 : 64 }; };
-template <int DP, int V> struct cfg_dq { enum { NW = 4, MT = 2, BC = DP > 80 ? 16 : 32 }; };
-template <int DP, int V> struct cfg_dkv { enum { NW = 4, MT = 1, BC = DP > 80 ? 32 : 64 }; };
-template <int DP> struct cfg_fwd<DP, 1> { enum { NW = 8, MT = 1, BC = 64 }; };
-template <int DP> struct cfg_dq<DP, 1> { enum { NW = 8, MT = 1, BC = 64 }; };
-template <int DP> struct cfg_dkv<DP, 1> { enum { NW = 4, MT = 1, BC = DP > 80 ? 32 : 64 }; };
-/* VL_FLASH_VARIANT=1: the alternative block shapes (tuning only) */
-static int variant(void) {
-  const char *v = getenv("VL_FLASH_VARIANT");
-  return v ? atoi(v) : 0;
-}
-
-template <int DP, int V>
-static int forward_v(vl_ops *o, bf16 *out, float *lse, const bf16 *qkv, const int32_t *seg,
-                   const int32_t *seg_host, int nseg, int T, int nh, int nkv, int hd, float scale,
-                   int causal) {
-  constexpr int NW = cfg_fwd<DP, V>::NW, MT = cfg_fwd<DP, V>::MT, BC = cfg_fwd<DP, V>::BC;
-  constexpr int BR = NW * 16 * MT, LDS = DP + 8;
-  const int nt = count_tiles(seg_host, nseg, BR);
-  if (nt == 0) return VL_OK;
-  const size_t sm = (size_t)(BR + 4 * BC) * LDS * sizeof(bf16);
-  VL_CALL(set_smem(k_fwd<DP, NW, BC, MT>, sm, "flash forward"));
-  k_fwd<DP, NW, BC, MT><<<dim3(nh, nt), NW * 32, sm, vl_ctx(o)->stream>>>(
-      out, lse, qkv, seg, nseg, T, nh, nkv, hd, scale * LOG2E, causal, nt);
-  LAUNCH_CHECK("flash attention forward");
-  return VL_OK;
-}
-
-template <int DP, int V>
-static int backward_v(vl_ops *o, bf16 *dqkv, const bf16 *dout, const float *D, const float *lse,
-                    const bf16 *qkv, const int32_t *seg, const int32_t *seg_host, int nseg, int T,
-                    int nh, int nkv, int hd, float scale, int causal) {
-  constexpr int LDS = DP + 8;
-  cudaStream_t st = vl_ctx(o)->stream;
-  {
-    constexpr int NW = cfg_dq<DP, V>::NW, MT = cfg_dq<DP, V>::MT, BC = cfg_dq<DP, V>::BC;
-    constexpr int BR = NW * 16 * MT;
-    const int nt = count_tiles(seg_host, nseg, BR);
-    if (nt == 0) return VL_OK;
-    const size_t sm = (size_t)(2 * BR + 4 * BC) * LDS * sizeof(bf16);
-    VL_CALL(set_smem(k_dq<DP, NW, BC, MT>, sm, "flash dQ"));
-    k_dq<DP, NW, BC, MT><<<dim3(nh, nt), NW * 32, sm, st>>>(
-        dqkv, dout, D, lse, qkv, seg, nseg, T, nh, nkv, hd, scale, scale * LOG2E, causal, nt);
-    LAUNCH_CHECK("flash attention dQ");
-  }
-  {
-    constexpr int NW = cfg_dkv<DP, V>::NW, MT = cfg_dkv<DP, V>::MT, BC = cfg_dkv<DP, V>::BC;
-    constexpr int BR = NW * 16 * MT;
-    const int nt = count_tiles(seg_host, nseg, BR);
-    const size_t sm = (size_t)(2 * BR + 4 * BC) * LDS * sizeof(bf16) + 4 * BC * sizeof(float);
-    VL_CALL(set_smem(k_dkv<DP, NW, BC, MT>, sm, "flash dK/dV"));
-    k_dkv<DP, NW, BC, MT><<<dim3(nkv, nt), NW * 32, sm, st>>>(
-        dqkv, dout, D, lse, qkv, seg, nseg, T, nh, nkv, hd, scale, scale * LOG2E, causal);
-    LAUNCH_CHECK("flash attention dK/dV");
-  }
-  return VL_OK;
-}
+/* Block shapes per kernel and head width DP: warps NW, row tiles of 16 per
+ * warp MT (a B fragment serves MT products), columns per tile BC, shared-
+ * memory stages ST, minimum resident blocks MB (a register cap).  Chosen by
+ * measurement on an H100 at the 8B shapes among 2-3 candidates each
+ * (VL_ATTENTION_BENCH=1; tests/bench/results/attention-h100.txt); every
+ * kernel is limited by latency at 8-12 resident warps per SM. */
+template <int DP> struct cfg_fwd {
+  enum {
+    NW = DP == 80 ? 8 : 4, MT = DP == 80 ? 1 : 2, BC = DP == 128 ? 32 : 64,
+    ST = DP >= 80 ? 3 : 2, MB = DP == 80 ? 2 : 1
+  };
+};
+template <int DP> struct cfg_dq {
+  enum { NW = 4, MT = 2, BC = DP == 128 ? 16 : 32, ST = DP >= 80 ? 3 : 2, MB = 1 };
+};
+template <int DP> struct cfg_dkv {
+  enum { NW = 4, MT = 1, BC = DP == 128 ? 32 : 64, ST = DP == 80 ? 3 : 2, MB = 1 };
+};
 
 template <int DP>
 static int forward(vl_ops *o, bf16 *out, float *lse, const bf16 *qkv, const int32_t *seg,
                    const int32_t *seg_host, int nseg, int T, int nh, int nkv, int hd, float scale,
                    int causal) {
-  if (variant() == 1)
-    return forward_v<DP, 1>(o, out, lse, qkv, seg, seg_host, nseg, T, nh, nkv, hd, scale, causal);
-  return forward_v<DP, 0>(o, out, lse, qkv, seg, seg_host, nseg, T, nh, nkv, hd, scale, causal);
+  constexpr int NW = cfg_fwd<DP>::NW, MT = cfg_fwd<DP>::MT, BC = cfg_fwd<DP>::BC;
+  constexpr int BR = NW * 16 * MT, LDS = DP + 8;
+  const int nt = count_tiles(seg_host, nseg, BR);
+  if (nt == 0) return VL_OK;
+  constexpr int ST = cfg_fwd<DP>::ST, MB = cfg_fwd<DP>::MB;
+  const size_t sm = (size_t)(BR + 2 * ST * BC) * LDS * sizeof(bf16);
+  VL_CALL(set_smem(k_fwd<DP, NW, BC, MT, ST, MB>, sm, "flash forward"));
+  k_fwd<DP, NW, BC, MT, ST, MB><<<dim3(nh, nt), NW * 32, sm, vl_ctx(o)->stream>>>(
+      out, lse, qkv, seg, nseg, T, nh, nkv, hd, scale * LOG2E, causal, nt);
+  LAUNCH_CHECK("flash attention forward");
+  return VL_OK;
 }
+
 template <int DP>
 static int backward(vl_ops *o, bf16 *dqkv, const bf16 *dout, const float *D, const float *lse,
                     const bf16 *qkv, const int32_t *seg, const int32_t *seg_host, int nseg, int T,
                     int nh, int nkv, int hd, float scale, int causal) {
-  if (variant() == 1)
-    return backward_v<DP, 1>(o, dqkv, dout, D, lse, qkv, seg, seg_host, nseg, T, nh, nkv, hd, scale, causal);
-  return backward_v<DP, 0>(o, dqkv, dout, D, lse, qkv, seg, seg_host, nseg, T, nh, nkv, hd, scale, causal);
+  constexpr int LDS = DP + 8;
+  cudaStream_t st = vl_ctx(o)->stream;
+  {
+    constexpr int NW = cfg_dq<DP>::NW, MT = cfg_dq<DP>::MT, BC = cfg_dq<DP>::BC;
+    constexpr int BR = NW * 16 * MT;
+    const int nt = count_tiles(seg_host, nseg, BR);
+    if (nt == 0) return VL_OK;
+    constexpr int ST = cfg_dq<DP>::ST, MB = cfg_dq<DP>::MB;
+    const size_t sm = (size_t)(2 * BR + 2 * ST * BC) * LDS * sizeof(bf16);
+    VL_CALL(set_smem(k_dq<DP, NW, BC, MT, ST, MB>, sm, "flash dQ"));
+    k_dq<DP, NW, BC, MT, ST, MB><<<dim3(nh, nt), NW * 32, sm, st>>>(
+        dqkv, dout, D, lse, qkv, seg, nseg, T, nh, nkv, hd, scale, scale * LOG2E, causal, nt);
+    LAUNCH_CHECK("flash attention dQ");
+  }
+  {
+    constexpr int NW = cfg_dkv<DP>::NW, MT = cfg_dkv<DP>::MT, BC = cfg_dkv<DP>::BC;
+    constexpr int BR = NW * 16 * MT;
+    const int nt = count_tiles(seg_host, nseg, BR);
+    constexpr int ST = cfg_dkv<DP>::ST, MB = cfg_dkv<DP>::MB;
+    const size_t sm = (size_t)(2 * BR + 2 * ST * BC) * LDS * sizeof(bf16) + 2 * ST * BC * sizeof(float);
+    VL_CALL(set_smem(k_dkv<DP, NW, BC, MT, ST, MB>, sm, "flash dK/dV"));
+    k_dkv<DP, NW, BC, MT, ST, MB><<<dim3(nkv, nt), NW * 32, sm, st>>>(
+        dqkv, dout, D, lse, qkv, seg, nseg, T, nh, nkv, hd, scale, scale * LOG2E, causal);
+    LAUNCH_CHECK("flash attention dK/dV");
+  }
+  return VL_OK;
 }
 
 } /* namespace flash */

@@ -18,3 +18,9 @@ if [ "$what" != bench ]; then
   VL_SRCDIR=.. ./tests/test_ops_cuda > "$OUT/test.log" 2>&1 && echo "test_ops_cuda: pass" || echo "test_ops_cuda: FAIL"
   grep -E "attention|FAIL|checks|passed|failed" "$OUT/test.log" | tail -60
 fi
+if [ "$what" = ncu ] || [ "${NCU:-0}" = 1 ]; then
+  VL_ATTENTION_BENCH=1 ncu --clock-control none --section SpeedOfLight --section WarpStateStats \
+    --section Occupancy --section ComputeWorkloadAnalysis -k 'regex:k_fwd|k_dq|k_dkv' -c 3 \
+    ./tests/test_ops_cuda > "$OUT/ncu.log" 2>&1 || true
+  grep -E "k_fwd|k_dq|k_dkv|Duration|Throughput|Occupancy|Stall|Issue|Registers|Executed Ipc|Pipe" "$OUT/ncu.log" | head -80
+fi
