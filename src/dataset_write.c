@@ -4,7 +4,13 @@
  * written (H5Dset_extent + a hyperslab write) when it holds a few chunks, so
  * memory stays bounded whatever the dataset size.  The file is written at
  * path.tmp.<pid> and renamed to path by commit, after the attributes and a
- * flush; abort removes it. */
+ * flush; abort removes it.
+ *
+ * Pixels are chunked but not compressed, unlike dataset.h's note: on 100
+ * photographic 1280x1024 JPEGs (this 2-core machine), deflate level 1 made
+ * the file 17% smaller (328 vs 394 MB) and vlprep 10x slower (4.4 vs 45
+ * samples/s, the single writer thread compressing); szip (NN) 11% smaller,
+ * 3.4x slower.  Decoded photographs do not compress; tokens and masks do. */
 #include <hdf5.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -52,7 +58,7 @@ static const struct {
   {"tokens", 1, 4, 1 << 16},         {"loss_mask", 1, 4, 1 << 16},
   {"sample_offsets", 1, 0, 1 << 13}, {"image_offsets", 1, 0, 1 << 13},
   {"image_grid_thw", 3, 0, 1 << 12}, {"image_hw", 2, 0, 1 << 12},
-  {"pixel_offsets", 1, 0, 1 << 13},  {"pixels", 1, 1, 1 << 20},
+  {"pixel_offsets", 1, 0, 1 << 13},  {"pixels", 1, 0, 1 << 20},
 };
 
 static hid_t col_type(int c) {
