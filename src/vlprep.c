@@ -417,6 +417,7 @@ static void *worker(void *arg) {
   vl_tokenizer *tk = NULL;
   vl_chat chat;
   vl_chat_tokens toks = {0};
+  vl_err_set_quiet(1); /* this thread's errors become FILE:LINE messages */
   int ok = vl_tokenizer_load(&tk, p->ctx.m->tokenizer) == VL_OK &&
            vl_chat_init(&chat, tk, p->ctx.m->family, p->ctx.m->merge) == VL_OK;
   pthread_mutex_lock(&p->mu);
@@ -650,10 +651,9 @@ static int run(const options *o) {
   pthread_mutex_init(&p.mu, NULL);
   pthread_cond_init(&p.cv_ready, NULL);
   pthread_cond_init(&p.cv_free, NULL);
-  vl_err_set_quiet(1); /* workers' errors become FILE:LINE messages */
   for (; n_started < o->threads; n_started++)
     if (pthread_create(&th[n_started], NULL, worker, &p) != 0) break;
-  if (!n_started) { vl_err_set_quiet(0); VL_ERROR_GOTO(rc, done, VL_ENOMEM, "cannot start worker threads"); }
+  if (!n_started) { VL_ERROR_GOTO(rc, done, VL_ENOMEM, "cannot start worker threads"); }
   tally t;
   memset(&t, 0, sizeof t);
   int tty = isatty(2) && !o->quiet;
@@ -663,7 +663,6 @@ static int run(const options *o) {
     while (!p.ready[i % p.depth] && !p.init_failed) pthread_cond_wait(&p.cv_ready, &p.mu);
     if (p.init_failed) {
       pthread_mutex_unlock(&p.mu);
-      vl_err_set_quiet(0);
       VL_ERROR_GOTO(rc, done, VL_EINVAL, "%s", p.init_msg);
     }
     result r = p.slots[i % p.depth];
@@ -674,32 +673,28 @@ static int run(const options *o) {
     if (r.status != REC_BLANK) t.read++;
     t.bytes_in += (double)r.bytes_in;
     if (r.status == REC_FATAL) {
-      vl_err_set_quiet(0);
       VL_ERROR_GOTO(rc, done, VL_ENOMEM, "%s:%ld: %s", o->input, i + 1, r.msg);
     } else if (r.status == REC_BAD) {
       if (tty) fputc('\n', stderr);
       fprintf(stderr, "%s:%ld: %s\n", o->input, i + 1, r.msg);
       t.bad++;
       if (!o->skip_bad) {
-        vl_err_set_quiet(0);
         VL_ERROR_GOTO(rc, done, VL_EINVAL, "%s:%ld: bad record (use --skip-bad to skip such records)", o->input, i + 1);
       }
     } else if (r.status == REC_LONG) {
       t.long_skipped++;
     } else if (r.status == REC_OK) {
       vl_dataset_image im[64], *imp = r.n_images <= 64 ? im : malloc((size_t)r.n_images * sizeof *imp);
-      if (!imp) { result_free(&r); vl_err_set_quiet(0); VL_ERROR_GOTO(rc, done, VL_ENOMEM, "image list"); }
+      if (!imp) { result_free(&r); VL_ERROR_GOTO(rc, done, VL_ENOMEM, "image list"); }
       for (int k = 0; k < r.n_images; k++) {
         imp[k].h = r.images[k].h;
         imp[k].w = r.images[k].w;
         imp[k].rgb = r.images[k].rgb;
         memcpy(imp[k].grid_thw, r.grids[k], sizeof imp[k].grid_thw);
       }
-      vl_err_set_quiet(0);
       rc = vl_dataset_writer_add(w, is_val[i] ? "val" : "train", r.ids, r.mask, r.n_tokens, imp, r.n_images);
-      vl_err_set_quiet(1);
       if (imp != im) free(imp);
-      if (rc) { result_free(&r); vl_err_set_quiet(0); vl_err_trace(rc, __FILE__, __LINE__, __func__); goto done; }
+      if (rc) { result_free(&r); vl_err_trace(rc, __FILE__, __LINE__, __func__); goto done; }
       t.written++;
       t.val += is_val[i];
       t.truncated += r.truncated;
@@ -713,7 +708,6 @@ static int run(const options *o) {
       last = nw;
     }
   }
-  vl_err_set_quiet(0);
   if (!o->quiet) progress(tty, n_lines, n_lines, t.written, t0, 1);
   if (!t.written) VL_ERROR_GOTO(rc, done, VL_EINVAL, "%s: no sample left to write (%ld bad, %ld too long)", o->input, t.bad, t.long_skipped);
   info.family = m.family;
@@ -758,7 +752,6 @@ done:
     for (int k = 0; k < p.depth; k++)
       if (p.ready[k]) result_free(&p.slots[k]);
   }
-  vl_err_set_quiet(0);
   if (w) vl_dataset_writer_abort(w);
   free(th);
   free(p.slots);
