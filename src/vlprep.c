@@ -21,6 +21,7 @@
 #include <getopt.h>
 #include <libgen.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,6 +40,15 @@
 #ifndef VL_INPUTS_DIR
 #define VL_INPUTS_DIR "inputs"
 #endif
+
+/* ---- interrupted: remove the writer's temporary file ------------------- */
+static char tmp_path[VL_PATH_MAX + 64];
+
+static void on_signal(int sig) {
+  if (tmp_path[0]) unlink(tmp_path);
+  signal(sig, SIG_DFL);
+  raise(sig);
+}
 
 /* ---- options and the model's preprocessing ------------------------------- */
 typedef struct {
@@ -635,6 +645,11 @@ static int run(const options *o) {
   snprintf(dir, sizeof dir, "%s", dcopy ? dirname(dcopy) : ".");
   free(dcopy);
   VL_CALL_GOTO(rc, done, vl_dataset_writer_open(&w, o->output));
+  /* the writer's temporary name (dataset.h): removed if we are interrupted */
+  snprintf(tmp_path, sizeof tmp_path, "%s.tmp.%ld", o->output, (long)getpid());
+  signal(SIGINT, on_signal);
+  signal(SIGTERM, on_signal);
+  signal(SIGHUP, on_signal);
   /* workers */
   p.ctx.opt = o;
   p.ctx.m = &m;
@@ -732,6 +747,7 @@ static int run(const options *o) {
   info.n_truncated = t.truncated;
   VL_CALL_GOTO(rc, done, vl_dataset_writer_commit(w, &info));
   w = NULL;
+  tmp_path[0] = 0;
   double el = now_s() - t0;
   struct stat st;
   double out_mb = stat(o->output, &st) == 0 ? st.st_size / 1e6 : 0, in_mb = (t.bytes_in + (double)len) / 1e6;

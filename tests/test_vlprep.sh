@@ -81,6 +81,22 @@ for ds in /train/tokens /train/loss_mask /train/pixels /val/tokens /train/image_
 done
 ok "1 and 2 threads agree"
 
+# the split: --val-fraction by a seeded hash of the line number, repeatable
+for seed in 1 1 2; do
+  "$bin" --model "$d/m.yaml" --input "$d/in.jsonl" --output "$d/vf$seed.h5" --val-fraction 0.5 --seed $seed --quiet >/dev/null 2>&1
+  data "$d/vf$seed.h5" /train/tokens | md5sum >> "$d/vf.sums"
+done
+[ "$(sort -u "$d/vf.sums" | wc -l)" = 2 ] && [ "$(head -1 "$d/vf.sums")" = "$(sed -n 2p "$d/vf.sums")" ] \
+  && ok "--val-fraction repeatable, seeded" || bad "--val-fraction: $(cat "$d/vf.sums")"
+# interrupted: no output, no temporary file
+cat "$d/in.jsonl" "$d/in.jsonl" "$d/in.jsonl" "$d/in.jsonl" > "$d/big.jsonl"
+"$bin" --model "$d/m.yaml" --input "$d/big.jsonl" --output "$d/int.h5" --threads 1 --quiet >/dev/null 2>&1 &
+pid=$!
+for i in $(seq 100); do ls "$d" | grep -q "int.h5.tmp" && break; sleep 0.05; done
+ls "$d" | grep -q "int.h5.tmp" || bad "interrupted: no temporary file seen while running"
+kill -INT $pid 2>/dev/null; wait $pid 2>/dev/null
+[ ! -e "$d/int.h5" ] && ! ls "$d" | grep -q "int.h5.tmp" && ok "interrupted: nothing left" || bad "interrupted: files left: $(ls "$d" | grep int.h5)"
+
 # ---- token ids against transformers, both families, Hugging Face folders --------
 for fam in qwen3-vl qwen2-vl; do
   mt=${fam/-/_}
