@@ -419,7 +419,7 @@ typedef struct {
   pthread_mutex_t mu;
   pthread_cond_t cv_ready, cv_free;
   int init_failed;
-  char init_msg[1024];
+  char init_msg[2048];
 } pool;
 
 static void *worker(void *arg) {
@@ -428,12 +428,27 @@ static void *worker(void *arg) {
   vl_chat chat;
   vl_chat_tokens toks = {0};
   vl_err_set_quiet(1); /* this thread's errors become FILE:LINE messages */
-  int ok = vl_tokenizer_load(&tk, p->ctx.m->tokenizer) == VL_OK &&
-           vl_chat_init(&chat, tk, p->ctx.m->family, p->ctx.m->merge) == VL_OK;
+  const prep_model *m = p->ctx.m;
+  int ok = vl_tokenizer_load(&tk, m->tokenizer) == VL_OK &&
+           vl_chat_init(&chat, tk, m->family, m->merge) == VL_OK;
+  char why[2048] = "";
+  /* the tokenizer must be the model's: its special ids and vocabulary */
+  if (ok && (chat.image_pad != m->tokens.image_token_id || chat.vision_start != m->tokens.vision_start_token_id ||
+             chat.vision_end != m->tokens.vision_end_token_id || vl_tokenizer_vocab_size(tk) > m->vocab_size)) {
+    snprintf(why, sizeof why,
+             "%s does not fit the model: <|image_pad|> %d, <|vision_start|> %d, <|vision_end|> %d, %d ids; the "
+             "model has %d, %d, %d and a vocabulary of %d", m->tokenizer, chat.image_pad, chat.vision_start,
+             chat.vision_end, vl_tokenizer_vocab_size(tk), m->tokens.image_token_id,
+             m->tokens.vision_start_token_id, m->tokens.vision_end_token_id, m->vocab_size);
+    ok = 0;
+    vl_chat_free(&chat);
+  } else if (!ok) {
+    snprintf(why, sizeof why, "%s", vl_err_last());
+  }
   pthread_mutex_lock(&p->mu);
   if (!ok) {
     p->init_failed = 1;
-    snprintf(p->init_msg, sizeof p->init_msg, "%s", vl_err_last());
+    snprintf(p->init_msg, sizeof p->init_msg, "%s", why);
     p->stop = 1;
     pthread_cond_broadcast(&p->cv_ready);
     pthread_mutex_unlock(&p->mu);
@@ -644,12 +659,12 @@ static int run(const options *o) {
   char dir[VL_PATH_MAX];
   snprintf(dir, sizeof dir, "%s", dcopy ? dirname(dcopy) : ".");
   free(dcopy);
-  VL_CALL_GOTO(rc, done, vl_dataset_writer_open(&w, o->output));
   /* the writer's temporary name (dataset.h): removed if we are interrupted */
   snprintf(tmp_path, sizeof tmp_path, "%s.tmp.%ld", o->output, (long)getpid());
   signal(SIGINT, on_signal);
   signal(SIGTERM, on_signal);
   signal(SIGHUP, on_signal);
+  VL_CALL_GOTO(rc, done, vl_dataset_writer_open(&w, o->output));
   /* workers */
   p.ctx.opt = o;
   p.ctx.m = &m;

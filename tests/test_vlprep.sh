@@ -89,12 +89,12 @@ done
 [ "$(sort -u "$d/vf.sums" | wc -l)" = 2 ] && [ "$(head -1 "$d/vf.sums")" = "$(sed -n 2p "$d/vf.sums")" ] \
   && ok "--val-fraction repeatable, seeded" || bad "--val-fraction: $(cat "$d/vf.sums")"
 # interrupted: no output, no temporary file
-cat "$d/in.jsonl" "$d/in.jsonl" "$d/in.jsonl" "$d/in.jsonl" > "$d/big.jsonl"
+for i in 1 2 3 4 5 6 7 8; do cat "$d/in.jsonl"; done > "$d/big.jsonl"
 "$bin" --model "$d/m.yaml" --input "$d/big.jsonl" --output "$d/int.h5" --threads 1 --quiet >/dev/null 2>&1 &
 pid=$!
 for i in $(seq 100); do ls "$d" | grep -q "int.h5.tmp" && break; sleep 0.05; done
 ls "$d" | grep -q "int.h5.tmp" || bad "interrupted: no temporary file seen while running"
-kill -INT $pid 2>/dev/null; wait $pid 2>/dev/null
+kill -TERM $pid 2>/dev/null; wait $pid 2>/dev/null
 [ ! -e "$d/int.h5" ] && ! ls "$d" | grep -q "int.h5.tmp" && ok "interrupted: nothing left" || bad "interrupted: files left: $(ls "$d" | grep int.h5)"
 
 # ---- token ids against transformers, both families, Hugging Face folders --------
@@ -109,6 +109,13 @@ for fam in qwen3-vl qwen2-vl; do
   [ "$(attr "$d/ref-$fam.h5" family)" = "$fam" ] || bad "$fam family attribute"
 done
 [ "$(attr "$d/ref-qwen2-vl.h5" patch_size)" = 14 ] || bad "qwen2-vl default patch size"
+
+# a tokenizer that is not the model's
+mkdir -p "$d/wrong" && ln -sf "$tokjson" "$d/wrong/tokenizer.json"
+echo '{"model_type": "qwen3_vl", "vocab_size": 151936, "image_token_id": 5, "vision_config": {"patch_size": 16, "spatial_merge_size": 2}}' > "$d/wrong/config.json"
+out=$("$bin" --model "$d/wrong" --input "$d/ref.jsonl" --output "$d/wrong.h5" --quiet 2>&1); rc=$?
+[ $rc -ne 0 ] && echo "$out" | grep -q "does not fit the model" && [ ! -e "$d/wrong.h5" ] && ok "wrong tokenizer refused" \
+  || bad "wrong tokenizer: $rc $out"
 
 # ---- over-long samples: 40 tokens at most ------------------------------------------
 long=$(printf 'word %.0s' $(seq 100))
