@@ -77,6 +77,8 @@ typedef struct {
   char path[VL_PATH_MAX];    /* Hugging Face model folder, "" = random init; a
                               * folder's config.json sets the model.* keys
                               * over presets (hfconfig.h) */
+  char tokenizer[VL_PATH_MAX];    /* tokenizer.json; "" = path/tokenizer.json (vlprep) */
+  char preprocessor[VL_PATH_MAX]; /* preprocessor_config.json; "" = path/..., else family defaults */
   vl_text_config text;
   vl_vision_config vision;
   vl_token_config tokens;
