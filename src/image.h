@@ -21,6 +21,8 @@ typedef struct {
 /* Decodes PNG or JPEG bytes (by signature); `name` is for messages. */
 int vl_image_decode(vl_image *img, const void *bytes, size_t n, const char *name);
 int vl_image_load(vl_image *img, const char *path);
+/* A file's bytes (malloc'd; the caller frees *bytes). */
+int vl_image_read_file(const char *path, uint8_t **bytes, size_t *n);
 void vl_image_free(vl_image *img);
 
 /* HF smart_resize: dimensions divisible by factor (patch * merge), pixel

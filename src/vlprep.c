@@ -61,6 +61,7 @@ typedef struct {
   int skip_bad;
   uint64_t seed;
   int quiet;
+  int rgb;               /* --pixels rgb: store resized RGB instead of the files' bytes */
 } options;
 
 typedef struct {
@@ -258,7 +259,10 @@ typedef struct {
   int32_t *ids;
   uint8_t *mask;
   int n_tokens;
-  vl_image *images;    /* resized */
+  vl_image *images;    /* resized (--pixels rgb); else only w, h: the size to resize to */
+  uint8_t **encoded;   /* the image files' bytes (--pixels encoded) */
+  size_t *n_encoded;
+  int n_alloc;         /* entries of images, encoded, n_encoded */
   int32_t (*grids)[3];
   int n_images;
   size_t bytes_in;     /* image file bytes */
@@ -267,8 +271,13 @@ typedef struct {
 static void result_free(result *r) {
   free(r->ids);
   free(r->mask);
-  for (int i = 0; i < r->n_images; i++) vl_image_free(&r->images[i]);
+  for (int i = 0; i < r->n_alloc; i++) {
+    vl_image_free(&r->images[i]);
+    free(r->encoded[i]);
+  }
   free(r->images);
+  free(r->encoded);
+  free(r->n_encoded);
   free(r->grids);
   memset(r, 0, sizeof *r);
 }
@@ -297,7 +306,10 @@ static int truncate_sample(result *r, const vl_chat_tokens *t, int max, int merg
     if (end <= n) keep = i + 1;
     else { if (t->image_start[i] < n) n = t->image_start[i]; break; }
   }
-  for (int i = keep; i < r->n_images; i++) vl_image_free(&r->images[i]);
+  for (int i = keep; i < r->n_images; i++) {
+    vl_image_free(&r->images[i]);
+    if (r->encoded) { free(r->encoded[i]); r->encoded[i] = NULL; }
+  }
   r->n_images = keep;
   size_t sup = 0;
   for (size_t i = 0; i < n; i++) sup += t->mask[i];
@@ -343,7 +355,10 @@ static void process_line(const job_ctx *c, vl_chat *chat, vl_chat_tokens *tok, c
   if (!has_assistant) BAD(r, "no assistant message (nothing to learn)");
   r->images = calloc((size_t)ni + 1, sizeof *r->images);
   r->grids = calloc((size_t)ni + 1, sizeof *r->grids);
-  if (!r->images || !r->grids) { r->status = REC_FATAL; snprintf(r->msg, sizeof r->msg, "out of memory"); goto out; }
+  r->encoded = calloc((size_t)ni + 1, sizeof *r->encoded);
+  r->n_encoded = calloc((size_t)ni + 1, sizeof *r->n_encoded);
+  if (r->images && r->encoded) r->n_alloc = ni;
+  if (!r->images || !r->grids || !r->encoded || !r->n_encoded) { r->status = REC_FATAL; snprintf(r->msg, sizeof r->msg, "out of memory"); goto out; }
   const prep_model *m = c->m;
   i = 0;
   cJSON_ArrayForEach(e, ims) {
@@ -356,11 +371,23 @@ static void process_line(const job_ctx *c, vl_chat *chat, vl_chat_tokens *tok, c
       BAD(r, "image %d: %s: %s", i + 1, path,
           errno == ENOENT ? "no such file" : errno == EACCES ? "permission denied" : "cannot access");
     r->bytes_in += (size_t)st.st_size;
+    /* decoded in any case: an undecodable image is caught here, not in training */
     vl_image raw;
-    if (vl_image_load(&raw, path) != VL_OK) BAD(r, "image %d: %s", i + 1, vl_err_last());
+    uint8_t *bytes = NULL;
+    size_t nbytes = 0;
+    if (vl_image_read_file(path, &bytes, &nbytes) != VL_OK) BAD(r, "image %d: %s", i + 1, vl_err_last());
+    r->encoded[i] = bytes;
+    r->n_encoded[i] = nbytes;
+    if (vl_image_decode(&raw, bytes, nbytes, path) != VL_OK) BAD(r, "image %d: %s", i + 1, vl_err_last());
     int oh, ow;
     int rc = vl_smart_resize(raw.h, raw.w, m->patch * m->merge, m->min_pixels, m->max_pixels, &oh, &ow);
-    if (rc == VL_OK) rc = vl_image_resize_bicubic(&raw, ow, oh, &r->images[i]);
+    if (rc == VL_OK && c->opt->rgb) {
+      rc = vl_image_resize_bicubic(&raw, ow, oh, &r->images[i]);
+      free(r->encoded[i]);
+      r->encoded[i] = NULL;
+    } else if (rc == VL_OK) {
+      r->images[i] = (vl_image){ow, oh, NULL};
+    }
     vl_image_free(&raw);
     if (rc == VL_ENOMEM) { r->status = REC_FATAL; snprintf(r->msg, sizeof r->msg, "%s", vl_err_last()); goto out; }
     if (rc != VL_OK) BAD(r, "image %d: %s: %s", i + 1, e->valuestring, vl_err_last());
@@ -525,6 +552,9 @@ static void usage(FILE *f) {
           "  --seed S             seed of the split's hash (default 0)\n"
           "  --threads N          worker threads (default: all cores)\n"
           "  --skip-bad           skip bad records (counted) instead of stopping\n"
+          "  --pixels STORAGE     encoded (default): keep each image file's bytes, decoded\n"
+          "                       and resized when training reads it (file about the size\n"
+          "                       of the images); rgb: store the resized RGB pixels\n"
           "  --quiet              no progress output\n");
 }
 
@@ -538,12 +568,17 @@ static int parse_args(int argc, char **argv, options *o) {
     {"model", 1, 0, 'm'}, {"input", 1, 0, 'i'}, {"output", 1, 0, 'o'}, {"max-seq-len", 1, 0, 'L'},
     {"overlong", 1, 0, 'P'}, {"val-fraction", 1, 0, 'F'}, {"val-count", 1, 0, 'C'},
     {"threads", 1, 0, 't'}, {"skip-bad", 0, 0, 'k'}, {"seed", 1, 0, 's'}, {"quiet", 0, 0, 'q'},
+    {"pixels", 1, 0, 'X'},
     {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
   int ch;
   char *endp;
   while ((ch = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
     switch (ch) {
     case 'm': o->model = optarg; break;
+    case 'X':
+      if (!strcmp(optarg, "rgb")) o->rgb = 1;
+      else if (strcmp(optarg, "encoded")) VL_ERROR(VL_EINVAL, "--pixels %s: expected encoded or rgb", optarg);
+      break;
     case 'i': o->input = optarg; break;
     case 'o': o->output = optarg; break;
     case 'L':
@@ -720,6 +755,8 @@ static int run(const options *o) {
         imp[k].h = r.images[k].h;
         imp[k].w = r.images[k].w;
         imp[k].rgb = r.images[k].rgb;
+        imp[k].encoded = r.encoded[k];
+        imp[k].n_encoded = r.n_encoded[k];
         memcpy(imp[k].grid_thw, r.grids[k], sizeof imp[k].grid_thw);
       }
       rc = vl_dataset_writer_add(w, is_val[i] ? "val" : "train", r.ids, r.mask, r.n_tokens, imp, r.n_images);

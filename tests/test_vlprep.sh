@@ -70,10 +70,22 @@ ntr=$(data "$d/out.h5" /train/sample_offsets | wc -w); nva=$(data "$d/out.h5" /v
 # < 1, so h = ceil(97/b/32)*32 = 192, w = ceil(203/b/32)*32 = 384 -> grid 12x24
 grids="$(data "$d/out.h5" /train/image_grid_thw) $(data "$d/out.h5" /val/image_grid_thw)"
 echo "$grids" | grep -q "1 16 16" && echo "$grids" | grep -q "1 12 24" && ok "grids" || bad "grids: $grids"
-# pixels = sum of h*w*3
-hw=$(data "$d/out.h5" /train/image_hw); po=$(data "$d/out.h5" /train/pixel_offsets)
+# pixels (default --pixels encoded): the image files' bytes, both splits together
+[ "$(attr "$d/out.h5" pixel_storage)" = encoded ] && ok "pixel_storage encoded" || bad "pixel_storage $(attr "$d/out.h5" pixel_storage)"
+po=$(data "$d/out.h5" /train/pixel_offsets); pv=$(data "$d/out.h5" /val/pixel_offsets)
+files=$(cat "$d"/rgb8.png "$d"/wide.png "$d"/tall.jpg "$d"/sub/small.jpg "$d"/large.jpg | wc -c)
+[ $(( ${po##* } + ${pv##* } )) = "$files" ] && ok "encoded pixels = the files' bytes" \
+  || bad "encoded pixel bytes $(( ${po##* } + ${pv##* } )) vs files $files"
+# --pixels rgb: sum of h*w*3 of the resized images
+"$bin" --model "$d/m.yaml" --input "$d/in.jsonl" --output "$d/rgb.h5" --val-count 1 --pixels rgb --quiet >/dev/null 2>&1 \
+  || bad "--pixels rgb run"
+[ "$(attr "$d/rgb.h5" pixel_storage)" = rgb ] || bad "pixel_storage of --pixels rgb"
+hw=$(data "$d/rgb.h5" /train/image_hw); po=$(data "$d/rgb.h5" /train/pixel_offsets)
 sum=$(echo "$hw" | awk '{s=0; for (i=1;i<=NF;i+=2) s+=$i*$(i+1)*3; print s}')
-[ "${po##* }" = "$sum" ] && ok "pixel offsets" || bad "pixel offsets ${po##* } vs $sum"
+[ "${po##* }" = "$sum" ] && ok "rgb pixel offsets" || bad "rgb pixel offsets ${po##* } vs $sum"
+[ "$(data "$d/rgb.h5" /train/image_hw)" = "$(data "$d/out.h5" /train/image_hw)" ] || bad "image_hw differs between storages"
+"$bin" --model "$d/m.yaml" --input "$d/in.jsonl" --output "$d/x.h5" --pixels png --quiet >/dev/null 2>&1 \
+  && bad "--pixels png accepted" || ok "--pixels png refused"
 # the same output with one thread (in-order writing)
 "$bin" --model "$d/m.yaml" --input "$d/in.jsonl" --output "$d/one.h5" --threads 1 --val-count 1 --quiet >/dev/null 2>&1
 for ds in /train/tokens /train/loss_mask /train/pixels /val/tokens /train/image_grid_thw; do
