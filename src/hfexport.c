@@ -315,6 +315,10 @@ static int copy_if_present(const char *src_dir, const char *dir, const char *nam
   char from[VL_PATH_MAX + 64], to[VL_PATH_MAX + 64];
   snprintf(from, sizeof from, "%s/%s", src_dir, name);
   snprintf(to, sizeof to, "%s/%s", dir, name);
+  return vl_hf_copy_file(from, to, copied);
+}
+
+int vl_hf_copy_file(const char *from, const char *to, int *copied) {
   *copied = 0;
   FILE *in = fopen(from, "rb");
   if (!in) return VL_OK;

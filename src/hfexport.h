@@ -53,4 +53,7 @@ int vl_ckptfile_inspect(vl_ckptfile *f, FILE *out, int *problems);
 int vl_hf_export(const vl_model *m, const float *host, const char *outdir, vl_dtype dtype,
                  size_t shard_bytes, const char *src_dir);
 
+/* Copies file from to path to; *copied = 0 (and VL_OK) when from does not exist. */
+int vl_hf_copy_file(const char *from, const char *to, int *copied);
+
 #endif

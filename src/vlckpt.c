@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "err.h"
 #include "hfexport.h"
@@ -71,6 +72,24 @@ static int do_export(const char *path, const char *outdir, vl_dtype dt, size_t s
   if (from && (stat(from, &sb) || !S_ISDIR(sb.st_mode)))
     rc = rc ? rc : vl_err_raise(VL_EINVAL, __FILE__, __LINE__, __func__, "--from %s: not a folder", from);
   if (rc == VL_OK) rc = vl_hf_export(&f.model, host, outdir, dt, shard, src);
+  /* model.tokenizer / model.preprocessor of the run (as given, else under the
+   * installed inputs/) when no source folder supplied them */
+  const char *keys[2] = {f.cfg.model.tokenizer, f.cfg.model.preprocessor};
+  const char *names[2] = {"tokenizer.json", "preprocessor_config.json"};
+  for (int k = 0; k < 2 && rc == VL_OK; k++) {
+    char to[VL_PATH_MAX + 64], from[2 * VL_PATH_MAX];
+    snprintf(to, sizeof to, "%s/%s", outdir, names[k]);
+    if (!keys[k][0] || access(to, F_OK) == 0) continue;
+    int copied = 0;
+    rc = vl_hf_copy_file(keys[k], to, &copied);
+    if (rc == VL_OK && !copied && keys[k][0] != '/') {
+      snprintf(from, sizeof from, "%s/%s", VL_INPUTS_DIR, keys[k]);
+      rc = vl_hf_copy_file(from, to, &copied);
+    }
+    if (rc == VL_OK && !copied)
+      fprintf(stderr, "vlckpt: %s %s not found: %s not written\n", k ? "model.preprocessor" : "model.tokenizer",
+              keys[k], names[k]);
+  }
   if (rc == VL_OK)
     printf("exported %s (step %lld, %zu parameters, %s) to %s%s%s\n", path, f.step,
            f.model.n_elements, dt == VL_DT_BF16 ? "bf16" : "fp32", outdir,
