@@ -27,13 +27,33 @@ void vl_train_data_path(const vl_config *cfg, char *out, size_t n) {
   else snprintf(out, n, "%.*s/%s", (int)(slash - cfg->source), cfg->source, d);
 }
 
+/* The background source of training samples: the dataset's, or generated
+ * ones (the same (seed, g) samples the step made itself before). */
+static int start_prefetch(vl_trainer *t) {
+  const vl_train_config *tc = &t->cfg->train;
+  const int per_step = tc->grad_accum * tc->micro_batch;
+  if (t->train_set) {
+    VL_CALL(vl_prefetch_start(&t->prefetch, t->train_set, tc->seed, per_step));
+    return VL_OK;
+  }
+  vl_prefetch_synth ps = {&t->cfg->model, tc->synth_grid[0], tc->synth_grid[1], tc->synth_text,
+                          tc->synth_answer, tc->max_seq_len, tc->max_vision_patches};
+  VL_CALL(vl_prefetch_start_synth(&t->prefetch, &ps, tc->seed, per_step));
+  return VL_OK;
+}
+
 /* Opens run.data's splits, checks them against the model and the run's
- * limits, and starts the prefetch thread. */
+ * limits, and starts the prefetch thread (also of generated samples). */
 static int open_data(vl_trainer *t) {
   const vl_train_config *tc = &t->cfg->train;
   const char *path = t->data_path;
+  const int per_step = tc->grad_accum * tc->micro_batch;
   vl_train_data_path(t->cfg, t->data_path, sizeof t->data_path);
-  if (!path[0]) return VL_OK;
+  VL_CALL(vl_calloc((void **)&t->slots, (size_t)per_step, sizeof *t->slots, "step samples"));
+  if (!path[0]) {
+    VL_CALL(start_prefetch(t));
+    return VL_OK;
+  }
   VL_CALL(vl_dataset_open(&t->train_set, path, "train"));
   VL_CALL(vl_dataset_check(t->train_set, &t->cfg->model));
   if (vl_dataset_size(t->train_set) == 0) VL_ERROR(VL_EINVAL, "%s: the \"train\" split has no samples", path);
@@ -51,9 +71,7 @@ static int open_data(vl_trainer *t) {
       VL_ERROR(VL_EINVAL, "%s: %s sample %ld has %ld vision patches, more than train.max_vision_patches %d", path,
                k ? "val" : "train", ip, mp, tc->max_vision_patches);
   }
-  const int per_step = tc->grad_accum * tc->micro_batch;
-  VL_CALL(vl_calloc((void **)&t->slots, (size_t)per_step, sizeof *t->slots, "step samples"));
-  VL_CALL(vl_prefetch_start(&t->prefetch, t->train_set, tc->seed, per_step));
+  VL_CALL(start_prefetch(t));
   return VL_OK;
 }
 
@@ -69,6 +87,9 @@ int vl_trainer_create(vl_trainer *t, const vl_config *cfg, const vl_model *m, vl
   VL_CALL(ops->zero(ops, t->g.grads, m->n_elements * ops->elem_size));
   VL_CALL(vl_optim_create(&t->opt, m, ops, comm, tc, host_params));
   vl_optim_bind(&t->opt, &t->g);
+  VL_CALL(ops->host_alloc(ops, (void **)&t->loss_host,
+                          (size_t)tc->grad_accum * tc->max_seq_len * tc->micro_batch * sizeof(float),
+                          "per-token losses"));
   /* every rank opens the data; they agree before anything collective follows */
   int rc = open_data(t);
   double bad = rc != VL_OK;
@@ -100,11 +121,9 @@ int vl_trainer_resume(vl_trainer *t, const char *path) {
     t->samples_done = (uint64_t)cur.samples;
   }
   /* requests made before the resume are for the wrong samples */
-  if (t->prefetch) {
-    vl_prefetch_stop(t->prefetch);
-    t->prefetch = NULL;
-    VL_CALL(vl_prefetch_start(&t->prefetch, t->train_set, tc->seed, tc->grad_accum * tc->micro_batch));
-  }
+  vl_prefetch_stop(t->prefetch);
+  t->prefetch = NULL;
+  VL_CALL(start_prefetch(t));
   t->req_cursor = t->samples_done;
   return VL_OK;
 }
@@ -122,6 +141,7 @@ void vl_trainer_destroy(vl_trainer *t) {
     for (int i = 0; i < t->cfg->train.grad_accum * t->cfg->train.micro_batch; i++)
       vl_dataset_sample_free(&t->slots[i]);
   free(t->slots);
+  if (t->loss_host) t->ops->host_free(t->ops, t->loss_host);
   vl_dataset_close(t->train_set);
   vl_dataset_close(t->val_set);
   vl_optim_destroy(&t->opt);
@@ -146,36 +166,38 @@ static int request_until(vl_trainer *t, uint64_t upto) {
   return VL_OK;
 }
 
+/* Builds micro-batch a of the step from its samples and copies it into the
+ * graph's host staging (host work only: it runs while the GPU computes). */
+static int stage_micro(vl_trainer *t, const vl_sample **view, vl_sample *samples, int a) {
+  const int mb = t->cfg->train.micro_batch;
+  for (int k = 0; k < mb; k++) samples[k] = *view[a * mb + k];
+  vl_batch b;
+  VL_CALL(vl_batch_build(&b, &t->cfg->model, samples, mb));
+  int rc = vl_graph_stage_batch(&t->g, &b);
+  vl_batch_free(&b);
+  return rc;
+}
+
 int vl_trainer_step(vl_trainer *t, vl_step_report *r) {
   const vl_train_config *tc = &t->cfg->train;
   const int A = tc->grad_accum, mb = tc->micro_batch, W = t->comm->size, rank = t->comm->rank;
   const uint64_t G = (uint64_t)A * mb * W, C = t->samples_done;
   const double t0 = now();
   /* this rank's samples for the whole step, to agree on the token count */
-  vl_synth *s = calloc((size_t)A * mb, sizeof *s);
   const vl_sample **view = calloc((size_t)A * mb, sizeof *view);
   vl_sample *samples = calloc((size_t)mb, sizeof *samples);
-  if (!s || !samples || !view) { free(s); free(samples); free(view); VL_ERROR(VL_ENOMEM, "step samples"); }
+  int *Ta = calloc((size_t)A, sizeof *Ta);
+  if (!samples || !view || !Ta) { free(samples); free(view); free(Ta); VL_ERROR(VL_ENOMEM, "step samples"); }
   int rc = VL_OK;
   double counts[3] = {0, 0, 0}; /* supervised tokens, loss sum, LLM tokens */
   double local_targets = 0;      /* this rank's supervised tokens */
-  /* the dataset's samples of this step and the next are read ahead */
-  if (t->prefetch) rc = request_until(t, C + G);
+  /* the samples of this step and the next are read (or generated) ahead */
+  rc = request_until(t, C + G);
   for (int a = 0; a < A && rc == VL_OK; a++)
     for (int k = 0; k < mb && rc == VL_OK; k++) {
       const uint64_t g = C + ((uint64_t)a * W + rank) * mb + k;
-      if (t->prefetch) {
-        rc = vl_prefetch_take(t->prefetch, g, &t->slots[a * mb + k]);
-        view[a * mb + k] = &t->slots[a * mb + k].sample;
-      } else {
-        if (tc->synth_grid[0] > 0)
-          rc = vl_synth_fixed(&s[a * mb + k], &t->cfg->model, tc->seed, g, tc->synth_grid[0],
-                              tc->synth_grid[1], tc->synth_text, tc->synth_answer);
-        else
-          rc = vl_synth_sample(&s[a * mb + k], &t->cfg->model, tc->seed, g, tc->max_seq_len,
-                               tc->max_vision_patches);
-        view[a * mb + k] = &s[a * mb + k].sample;
-      }
+      rc = vl_prefetch_take(t->prefetch, g, &t->slots[a * mb + k]);
+      view[a * mb + k] = &t->slots[a * mb + k].sample;
       if (rc == VL_OK) {
         const vl_sample *x = view[a * mb + k];
         for (int i = 1; i < x->n_tokens; i++) counts[0] += x->labels[i] >= 0;
@@ -192,28 +214,36 @@ int vl_trainer_step(vl_trainer *t, vl_step_report *r) {
   if (rc == VL_OK) {
     local_targets = counts[0];
     const float scale = total[0] > 0 ? (float)(1.0 / total[0]) : 0.0f;
+    const size_t rows = (size_t)tc->max_seq_len * mb; /* loss_host row stride */
+    /* Pipelined: the forward of micro-batch a is queued, micro-batch a+1 is
+     * built and staged on the host while the GPU runs it, then a's backward
+     * is queued and a+1's upload after it (stream order).  The only wait is
+     * at the end of the step; the losses come back with it. */
+    rc = stage_micro(t, view, samples, 0);
+    if (rc == VL_OK) rc = vl_graph_commit_batch(&t->g);
     for (int a = 0; a < A && rc == VL_OK; a++) {
-      for (int k = 0; k < mb; k++) samples[k] = *view[a * mb + k];
-      vl_batch b;
-      double loss = 0;
-      rc = vl_batch_build(&b, &t->cfg->model, samples, mb);
-      if (rc == VL_OK) rc = vl_graph_set_batch(&t->g, &b);
-      if (rc == VL_OK) rc = vl_graph_forward(&t->g, scale, &loss);
+      Ta[a] = t->g.T;
+      rc = vl_graph_forward_async(&t->g, scale, t->loss_host + (size_t)a * rows);
+      if (rc == VL_OK && a + 1 < A) rc = stage_micro(t, view, samples, a + 1);
       if (rc == VL_OK) rc = vl_graph_backward(&t->g);
-      if (rc == VL_OK) rc = t->ops->sync(t->ops);
-      size_t fr = 0, tot = 0;
-      if (rc == VL_OK && t->ops->mem_info && t->ops->mem_info(t->ops, &fr, &tot) == VL_OK &&
-          tot - fr > t->peak_bytes)
-        t->peak_bytes = tot - fr;
+      if (rc == VL_OK && a + 1 < A) rc = vl_graph_commit_batch(&t->g);
+    }
+    if (rc == VL_OK) rc = t->ops->sync(t->ops);
+    size_t fr = 0, tot = 0;
+    if (rc == VL_OK && t->ops->mem_info && t->ops->mem_info(t->ops, &fr, &tot) == VL_OK &&
+        tot - fr > t->peak_bytes)
+      t->peak_bytes = tot - fr;
+    for (int a = 0; a < A && rc == VL_OK; a++) {
+      double loss = 0;
+      const float *l = t->loss_host + (size_t)a * rows;
+      for (int i = 0; i < Ta[a]; i++) loss += l[i];
       counts[1] += loss;
-      vl_batch_free(&b);
     }
     counts[0] = total[0];
   }
-  for (int i = 0; i < A * mb; i++) vl_synth_free(&s[i]);
-  free(s);
   free(view);
   free(samples);
+  free(Ta);
   if (rc) return vl_err_trace(rc, __FILE__, __LINE__, __func__);
   double sums[3] = {counts[1], counts[2], isfinite(counts[1]) ? 0.0 : 1.0};
   VL_CALL(vl_comm_allreduce_double(t->comm, sums, 3, VL_COMM_SUM));

@@ -39,7 +39,7 @@ typedef struct {
   int skipped;         /* steps skipped for non-finite values */
   vl_gradstats *stats; /* rank 0, when statistics are recorded */
   int record;          /* every rank: compute statistics on stats steps */
-  size_t peak_bytes;   /* most device (or host) memory in use seen after a micro-batch */
+  size_t peak_bytes;   /* most device (or host) memory in use seen after a step's passes */
   /* ---- data ---- */
   char data_path[VL_PATH_MAX]; /* run.data resolved, "" = generated samples */
   vl_dataset *train_set, *val_set; /* val_set NULL when the file has no "val" split */
@@ -47,6 +47,7 @@ typedef struct {
   vl_dataset_sample *slots;    /* the step's A x mb samples */
   uint64_t samples_done;       /* C: global samples consumed (the cursor) */
   uint64_t req_cursor;         /* C of the next step whose samples are not requested yet */
+  float *loss_host;            /* (A, max_seq_len * mb) per-token losses of a step (ops->host_alloc) */
 } vl_trainer;
 
 typedef struct {
