@@ -161,10 +161,13 @@ static int forward_queue(vl_graph *g, float loss_scale) {
   const vl_model *m = g->m;
   const int T = g->T, H = m->cfg.text.hidden_size, V = m->cfg.text.vocab_size;
   double t0 = vl_graph_clock(g);
+  if (o->phase) o->phase(o, VL_PHASE_VISION_FWD);
   if (g->P > 0) VL_CALL(vision_forward(g));
   double t1 = vl_graph_clock(g);
+  if (o->phase) o->phase(o, VL_PHASE_TEXT_FWD);
   VL_CALL(text_forward(g));
   double t2 = vl_graph_clock(g);
+  if (o->phase) o->phase(o, VL_PHASE_LOSS);
   vl_t *dh = NULL, *dW = NULL;
   if (loss_scale != 0.0f) {
     VL_CALL(o->zero(o, g->d_xf, (size_t)T * H * o->elem_size));
@@ -174,6 +177,7 @@ static int forward_queue(vl_graph *g, float loss_scale) {
   VL_CALL(o->lmhead_ce(o, g->loss, dh, dW, g->logits, g->xf, PARAM(m->lm_head), g->targets,
                        T, H, V, loss_scale));
   double t3 = vl_graph_clock(g);
+  if (o->phase) o->phase(o, VL_PHASE_OTHER);
   g->phase_s[0] += t1 - t0;
   g->phase_s[1] += t2 - t1;
   g->phase_s[2] += t3 - t2;

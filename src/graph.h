@@ -92,7 +92,7 @@ typedef struct {
   /* A frozen vision tower (vl_graph_vision_frozen at creation) has no
    * backward: its layers share one activation set, x_out included. */
   int vision_shared;
-  /* VL_PROFILE=1: seconds per phase (synchronised), summed over calls:
+  /* VL_PROFILE=1 (exactly): seconds per phase (synchronised), summed over calls:
    * vision forward, text forward, loss, text backward, vision backward */
   int profile;
   double phase_s[5];

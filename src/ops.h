@@ -45,6 +45,9 @@
 typedef void vl_t; /* backend working element: see above */
 
 #define VL_OPS_FENCES 8
+/* phases announced through ops->phase */
+enum { VL_PHASE_VISION_FWD, VL_PHASE_TEXT_FWD, VL_PHASE_LOSS, VL_PHASE_TEXT_BWD, VL_PHASE_VISION_BWD,
+       VL_PHASE_OTHER, VL_N_PHASES };
 #define VL_OPS_TIMERS 32768
 
 typedef struct vl_ops vl_ops;
@@ -87,6 +90,9 @@ struct vl_ops {
    * done (after sync) */
   int (*timer_record)(vl_ops *o, int i);
   int (*timer_ms)(vl_ops *o, int i, int j, float *ms);
+  /* profiling hook (opsprof.h): the graph announces the phase of the ops
+   * that follow; NULL unless the table is wrapped by the profiler */
+  void (*phase)(vl_ops *o, int phase);
 
   /* ---- linear ------------------------------------------------------------
    * out (M,N) = inp (M,K) . W(N,K)^T + bias(N)    [bias may be NULL]

@@ -78,6 +78,11 @@ static int open_data(vl_trainer *t) {
 int vl_trainer_create(vl_trainer *t, const vl_config *cfg, const vl_model *m, vl_comm *comm,
                       vl_ops *ops, const float *host_params) {
   memset(t, 0, sizeof *t);
+  const char *prof = getenv("VL_PROFILE");
+  if (prof && atoi(prof) == 2) {
+    t->ops_in = ops;
+    VL_CALL(vl_opsprof_wrap(&ops, &t->prof, ops));
+  }
   t->cfg = cfg; t->m = m; t->comm = comm; t->ops = ops;
   const vl_train_config *tc = &cfg->train;
   VL_CALL(vl_graph_create_opts(&t->g, m, ops, tc->max_seq_len * tc->micro_batch,
@@ -146,6 +151,7 @@ void vl_trainer_destroy(vl_trainer *t) {
   vl_dataset_close(t->val_set);
   vl_optim_destroy(&t->opt);
   vl_graph_destroy(&t->g);
+  vl_opsprof_free(t->prof);
   memset(t, 0, sizeof *t);
 }
 
@@ -221,14 +227,23 @@ int vl_trainer_step(vl_trainer *t, vl_step_report *r) {
      * at the end of the step; the losses come back with it. */
     rc = stage_micro(t, view, samples, 0);
     if (rc == VL_OK) rc = vl_graph_commit_batch(&t->g);
+    /* VL_PROFILE=2: the last micro-batch of the second step (of the first if it is the only one) */
+    const int prof = t->prof && !t->prof_done && (t->step >= 1 || tc->steps == 1);
     for (int a = 0; a < A && rc == VL_OK; a++) {
       Ta[a] = t->g.T;
+      if (prof && a == A - 1) vl_opsprof_arm(t->prof);
       rc = vl_graph_forward_async(&t->g, scale, t->loss_host + (size_t)a * rows);
       if (rc == VL_OK && a + 1 < A) rc = stage_micro(t, view, samples, a + 1);
       if (rc == VL_OK) rc = vl_graph_backward(&t->g);
+      if (prof && a == A - 1) vl_opsprof_disarm(t->prof);
       if (rc == VL_OK && a + 1 < A) rc = vl_graph_commit_batch(&t->g);
     }
     if (rc == VL_OK) rc = t->ops->sync(t->ops);
+    if (rc == VL_OK && prof) {
+      rc = vl_opsprof_collect(t->prof);
+      t->prof_done = 1;
+      t->prof_step = t->step + 1;
+    }
     size_t fr = 0, tot = 0;
     if (rc == VL_OK && t->ops->mem_info && t->ops->mem_info(t->ops, &fr, &tot) == VL_OK &&
         tot - fr > t->peak_bytes)
@@ -539,6 +554,12 @@ int vl_train_run(const vl_config *cfg, const vl_model *m, vl_comm *comm, vl_ops 
     const double *p = t.g.phase_s;
     printf("profile (rank 0, s summed over %d steps): vision forward %.3f, text forward %.3f, "
            "loss %.3f, text backward %.3f, vision backward %.3f\n", t.step, p[0], p[1], p[2], p[3], p[4]);
+  }
+  if (t.prof && t.prof_done && comm->rank == 0) {
+    char title[160];
+    snprintf(title, sizeof title, "rank 0, backend %s, step %d, micro-batch %d of %d", t.ops_in->name, t.prof_step,
+             cfg->train.grad_accum, cfg->train.grad_accum);
+    vl_opsprof_print(t.prof, stdout, title);
   }
   int crc = vl_gradstats_close(t.stats);
   if (rc == VL_OK) rc = crc;

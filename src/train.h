@@ -26,6 +26,7 @@
 #include "gradstats.h"
 #include "optim.h"
 #include "dataset.h"
+#include "opsprof.h"
 
 typedef struct {
   const vl_config *cfg;
@@ -48,6 +49,11 @@ typedef struct {
   uint64_t samples_done;       /* C: global samples consumed (the cursor) */
   uint64_t req_cursor;         /* C of the next step whose samples are not requested yet */
   float *loss_host;            /* (A, max_seq_len * mb) per-token losses of a step (ops->host_alloc) */
+  /* VL_PROFILE=2: ops is the profiler's table around ops_in; one
+   * micro-batch (the last of the second step) is profiled */
+  vl_opsprof *prof;
+  vl_ops *ops_in;
+  int prof_step, prof_done;
 } vl_trainer;
 
 typedef struct {
