@@ -1195,6 +1195,17 @@ int vl_prefetch_take(vl_prefetch *p, uint64_t g, vl_dataset_sample *out) {
   return rc;
 }
 
+int vl_prefetch_ready(vl_prefetch *p, int n) {
+  pthread_mutex_lock(&p->mu);
+  int ok = (size_t)n <= p->count;
+  for (int k = 0; k < n && ok; k++) {
+    const pf_slot *sl = p->ring[(p->head + (size_t)k) % p->cap];
+    ok = sl->state == 2 && sl->rc == VL_OK;
+  }
+  pthread_mutex_unlock(&p->mu);
+  return ok;
+}
+
 void vl_prefetch_stop(vl_prefetch *p) {
   if (!p) return;
   pthread_mutex_lock(&p->mu);

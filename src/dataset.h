@@ -158,6 +158,9 @@ int vl_prefetch_request(vl_prefetch *p, uint64_t g);
  * until it is ready: its buffers are swapped with *out's, so nothing is
  * copied and *out owns the sample until the caller frees or reuses it. */
 int vl_prefetch_take(vl_prefetch *p, uint64_t g, vl_dataset_sample *out);
+/* 1 when the n oldest requests are read, without error: taking them will
+ * not block. */
+int vl_prefetch_ready(vl_prefetch *p, int n);
 /* Stops the thread (after the sample it is reading) and drops what is
  * queued.  p may be NULL. */
 void vl_prefetch_stop(vl_prefetch *p);

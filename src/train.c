@@ -50,6 +50,7 @@ static int open_data(vl_trainer *t) {
   const int per_step = tc->grad_accum * tc->micro_batch;
   vl_train_data_path(t->cfg, t->data_path, sizeof t->data_path);
   VL_CALL(vl_calloc((void **)&t->slots, (size_t)per_step, sizeof *t->slots, "step samples"));
+  VL_CALL(vl_calloc((void **)&t->next_slots, (size_t)per_step, sizeof *t->next_slots, "next step samples"));
   if (!path[0]) {
     VL_CALL(start_prefetch(t));
     return VL_OK;
@@ -128,6 +129,7 @@ int vl_trainer_resume(vl_trainer *t, const char *path) {
   /* requests made before the resume are for the wrong samples */
   vl_prefetch_stop(t->prefetch);
   t->prefetch = NULL;
+  t->next_ready = t->pre_staged = 0;
   VL_CALL(start_prefetch(t));
   t->req_cursor = t->samples_done;
   return VL_OK;
@@ -142,10 +144,12 @@ int vl_trainer_save(vl_trainer *t, const char *out_dir, int keep) {
 
 void vl_trainer_destroy(vl_trainer *t) {
   vl_prefetch_stop(t->prefetch);
-  if (t->slots)
-    for (int i = 0; i < t->cfg->train.grad_accum * t->cfg->train.micro_batch; i++)
-      vl_dataset_sample_free(&t->slots[i]);
+  for (int i = 0; i < t->cfg->train.grad_accum * t->cfg->train.micro_batch; i++) {
+    if (t->slots) vl_dataset_sample_free(&t->slots[i]);
+    if (t->next_slots) vl_dataset_sample_free(&t->next_slots[i]);
+  }
   free(t->slots);
+  free(t->next_slots);
   if (t->loss_host) t->ops->host_free(t->ops, t->loss_host);
   vl_dataset_close(t->train_set);
   vl_dataset_close(t->val_set);
@@ -172,6 +176,16 @@ static int request_until(vl_trainer *t, uint64_t upto) {
   return VL_OK;
 }
 
+/* Takes this rank's samples of the step at cursor C into slots. */
+static int take_step(vl_trainer *t, uint64_t C, vl_dataset_sample *slots) {
+  const vl_train_config *tc = &t->cfg->train;
+  const int A = tc->grad_accum, mb = tc->micro_batch, W = t->comm->size, rank = t->comm->rank;
+  for (int a = 0; a < A; a++)
+    for (int k = 0; k < mb; k++)
+      VL_CALL(vl_prefetch_take(t->prefetch, C + ((uint64_t)a * W + rank) * mb + k, &slots[a * mb + k]));
+  return VL_OK;
+}
+
 /* Builds micro-batch a of the step from its samples and copies it into the
  * graph's host staging (host work only: it runs while the GPU computes). */
 static int stage_micro(vl_trainer *t, const vl_sample **view, vl_sample *samples, int a) {
@@ -184,13 +198,32 @@ static int stage_micro(vl_trainer *t, const vl_sample **view, vl_sample *samples
   return rc;
 }
 
+/* Between the forward and the backward of the step's last micro-batch:
+ * when the samples of the next step (cursor C) are all read, takes them and
+ * stages its first micro-batch, so that the next step starts on the GPU at
+ * once.  Never waits for the prefetch (then the next step takes them); a
+ * failure is kept for the next step, where every rank learns of it (a
+ * failed build: that step builds again and reports it). */
+static int take_ahead(vl_trainer *t, uint64_t C, const vl_sample **view, vl_sample *samples) {
+  const int n = t->cfg->train.grad_accum * t->cfg->train.micro_batch;
+  if (!vl_prefetch_ready(t->prefetch, n)) return VL_OK;
+  t->next_rc = take_step(t, C, t->next_slots);
+  if (t->next_rc) snprintf(t->next_err, sizeof t->next_err, "%s", vl_err_last());
+  t->next_ready = 1;
+  if (!t->next_rc) {
+    for (int i = 0; i < n; i++) view[i] = &t->next_slots[i].sample;
+    t->pre_staged = stage_micro(t, view, samples, 0) == VL_OK;
+  }
+  return VL_OK;
+}
+
 int vl_trainer_step(vl_trainer *t, vl_step_report *r) {
   const vl_train_config *tc = &t->cfg->train;
   const int A = tc->grad_accum, mb = tc->micro_batch, W = t->comm->size, rank = t->comm->rank;
   const uint64_t G = (uint64_t)A * mb * W, C = t->samples_done;
   const double t0 = now();
   /* this rank's samples for the whole step, to agree on the token count */
-  const vl_sample **view = calloc((size_t)A * mb, sizeof *view);
+  const vl_sample **view = calloc((size_t)2 * A * mb, sizeof *view), **view_next = view + (size_t)A * mb;
   vl_sample *samples = calloc((size_t)mb, sizeof *samples);
   int *Ta = calloc((size_t)A, sizeof *Ta);
   if (!samples || !view || !Ta) { free(samples); free(view); free(Ta); VL_ERROR(VL_ENOMEM, "step samples"); }
@@ -199,17 +232,24 @@ int vl_trainer_step(vl_trainer *t, vl_step_report *r) {
   double local_targets = 0;      /* this rank's supervised tokens */
   /* the samples of this step and the next are read (or generated) ahead */
   rc = request_until(t, C + G);
-  for (int a = 0; a < A && rc == VL_OK; a++)
-    for (int k = 0; k < mb && rc == VL_OK; k++) {
-      const uint64_t g = C + ((uint64_t)a * W + rank) * mb + k;
-      rc = vl_prefetch_take(t->prefetch, g, &t->slots[a * mb + k]);
-      view[a * mb + k] = &t->slots[a * mb + k].sample;
-      if (rc == VL_OK) {
-        const vl_sample *x = view[a * mb + k];
-        for (int i = 1; i < x->n_tokens; i++) counts[0] += x->labels[i] >= 0;
-        counts[2] += x->n_tokens;
-      }
-    }
+  /* taken during the previous step's last backward, or now */
+  if (rc == VL_OK && t->next_ready) {
+    vl_dataset_sample *sw = t->slots;
+    t->slots = t->next_slots;
+    t->next_slots = sw;
+    t->next_ready = 0;
+    rc = t->next_rc;
+    if (rc) vl_err_raise(rc, __FILE__, __LINE__, __func__, "%s", t->next_err);
+  } else if (rc == VL_OK) {
+    t->pre_staged = 0;
+    rc = take_step(t, C, t->slots);
+  }
+  for (int i = 0; i < A * mb && rc == VL_OK; i++) {
+    const vl_sample *x = view[i] = &t->slots[i].sample;
+    for (int j = 1; j < x->n_tokens; j++) counts[0] += x->labels[j] >= 0;
+    counts[2] += x->n_tokens;
+  }
+  if (rc) t->pre_staged = 0;
   /* every rank joins the count, also after a local failure (a read error) */
   double total[2] = {rc == VL_OK ? counts[0] : 0, rc != VL_OK};
   int crc = vl_comm_allreduce_double(t->comm, total, 2, VL_COMM_SUM);
@@ -225,7 +265,8 @@ int vl_trainer_step(vl_trainer *t, vl_step_report *r) {
      * built and staged on the host while the GPU runs it, then a's backward
      * is queued and a+1's upload after it (stream order).  The only wait is
      * at the end of the step; the losses come back with it. */
-    rc = stage_micro(t, view, samples, 0);
+    if (!t->pre_staged) rc = stage_micro(t, view, samples, 0);
+    t->pre_staged = 0;
     if (rc == VL_OK) rc = vl_graph_commit_batch(&t->g);
     /* VL_PROFILE=2: the last micro-batch of the second step (of the first if it is the only one) */
     const int prof = t->prof && !t->prof_done && (t->step >= 1 || tc->steps == 1);
@@ -234,6 +275,7 @@ int vl_trainer_step(vl_trainer *t, vl_step_report *r) {
       if (prof && a == A - 1) vl_opsprof_arm(t->prof);
       rc = vl_graph_forward_async(&t->g, scale, t->loss_host + (size_t)a * rows);
       if (rc == VL_OK && a + 1 < A) rc = stage_micro(t, view, samples, a + 1);
+      if (rc == VL_OK && a + 1 == A) rc = take_ahead(t, C + G, view_next, samples);
       if (rc == VL_OK) rc = vl_graph_backward(&t->g);
       if (prof && a == A - 1) vl_opsprof_disarm(t->prof);
       if (rc == VL_OK && a + 1 < A) rc = vl_graph_commit_batch(&t->g);
@@ -388,6 +430,7 @@ static int exact_match(vl_trainer *t, const vl_batch *b, argmax_scratch *a, int 
 
 int vl_trainer_eval(vl_trainer *t, int n, vl_eval_result *res) {
   const vl_train_config *tc = &t->cfg->train;
+  t->pre_staged = 0; /* its batches go through the same staging */
   if (t->data_path[0] && !t->val_set)
     VL_ERROR(VL_EINVAL, "%s has no \"val\" split: nothing to validate on (make one with vlprep's validation option)",
              t->data_path);

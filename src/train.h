@@ -46,6 +46,11 @@ typedef struct {
   vl_dataset *train_set, *val_set; /* val_set NULL when the file has no "val" split */
   vl_prefetch *prefetch;
   vl_dataset_sample *slots;    /* the step's A x mb samples */
+  /* the next step's samples, taken during this step's last backward, and
+   * its first micro-batch staged in the graph (pre_staged) meanwhile */
+  vl_dataset_sample *next_slots;
+  int next_ready, next_rc, pre_staged;
+  char next_err[1024];
   uint64_t samples_done;       /* C: global samples consumed (the cursor) */
   uint64_t req_cursor;         /* C of the next step whose samples are not requested yet */
   float *loss_host;            /* (A, max_seq_len * mb) per-token losses of a step (ops->host_alloc) */
