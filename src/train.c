@@ -50,7 +50,6 @@ static int open_data(vl_trainer *t) {
   const int per_step = tc->grad_accum * tc->micro_batch;
   vl_train_data_path(t->cfg, t->data_path, sizeof t->data_path);
   VL_CALL(vl_calloc((void **)&t->slots, (size_t)per_step, sizeof *t->slots, "step samples"));
-  VL_CALL(vl_calloc((void **)&t->next_slots, (size_t)per_step, sizeof *t->next_slots, "next step samples"));
   if (!path[0]) {
     VL_CALL(start_prefetch(t));
     return VL_OK;
@@ -144,12 +143,10 @@ int vl_trainer_save(vl_trainer *t, const char *out_dir, int keep) {
 
 void vl_trainer_destroy(vl_trainer *t) {
   vl_prefetch_stop(t->prefetch);
-  for (int i = 0; i < t->cfg->train.grad_accum * t->cfg->train.micro_batch; i++) {
-    if (t->slots) vl_dataset_sample_free(&t->slots[i]);
-    if (t->next_slots) vl_dataset_sample_free(&t->next_slots[i]);
-  }
+  if (t->slots)
+    for (int i = 0; i < t->cfg->train.grad_accum * t->cfg->train.micro_batch; i++)
+      vl_dataset_sample_free(&t->slots[i]);
   free(t->slots);
-  free(t->next_slots);
   if (t->loss_host) t->ops->host_free(t->ops, t->loss_host);
   vl_dataset_close(t->train_set);
   vl_dataset_close(t->val_set);
@@ -207,11 +204,11 @@ static int stage_micro(vl_trainer *t, const vl_sample **view, vl_sample *samples
 static int take_ahead(vl_trainer *t, uint64_t C, const vl_sample **view, vl_sample *samples) {
   const int n = t->cfg->train.grad_accum * t->cfg->train.micro_batch;
   if (!vl_prefetch_ready(t->prefetch, n)) return VL_OK;
-  t->next_rc = take_step(t, C, t->next_slots);
+  t->next_rc = take_step(t, C, t->slots); /* this step's are all staged: free */
   if (t->next_rc) snprintf(t->next_err, sizeof t->next_err, "%s", vl_err_last());
   t->next_ready = 1;
   if (!t->next_rc) {
-    for (int i = 0; i < n; i++) view[i] = &t->next_slots[i].sample;
+    for (int i = 0; i < n; i++) view[i] = &t->slots[i].sample;
     t->pre_staged = stage_micro(t, view, samples, 0) == VL_OK;
   }
   return VL_OK;
@@ -234,9 +231,6 @@ int vl_trainer_step(vl_trainer *t, vl_step_report *r) {
   rc = request_until(t, C + G);
   /* taken during the previous step's last backward, or now */
   if (rc == VL_OK && t->next_ready) {
-    vl_dataset_sample *sw = t->slots;
-    t->slots = t->next_slots;
-    t->next_slots = sw;
     t->next_ready = 0;
     rc = t->next_rc;
     if (rc) vl_err_raise(rc, __FILE__, __LINE__, __func__, "%s", t->next_err);

@@ -46,9 +46,9 @@ typedef struct {
   vl_dataset *train_set, *val_set; /* val_set NULL when the file has no "val" split */
   vl_prefetch *prefetch;
   vl_dataset_sample *slots;    /* the step's A x mb samples */
-  /* the next step's samples, taken during this step's last backward, and
-   * its first micro-batch staged in the graph (pre_staged) meanwhile */
-  vl_dataset_sample *next_slots;
+  /* next_ready: slots hold the next step's samples, taken during this
+   * step's last backward (every micro-batch of this step is staged by then),
+   * and its first micro-batch is staged in the graph (pre_staged) */
   int next_ready, next_rc, pre_staged;
   char next_err[1024];
   uint64_t samples_done;       /* C: global samples consumed (the cursor) */
