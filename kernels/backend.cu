@@ -99,6 +99,83 @@ static int cu_get(vl_ops *o, float *d, const vl_t *s, size_t n) {
   }
   return VL_OK;
 }
+/* ---- asynchronous transfers, fences, timers (ops.h) ---- */
+static int cu_host_alloc(vl_ops *o, void **p, size_t bytes, const char *what) {
+  cudaError_t rc = cudaMallocHost(p, bytes ? bytes : 1);
+  if (rc != cudaSuccess) {
+    *p = NULL;
+    VL_ERROR(VL_ENOMEM, "cudaMallocHost of %zu bytes for %s failed: %s", bytes, what, cudaGetErrorString(rc));
+  }
+  return VL_OK;
+}
+static int cu_host_free(vl_ops *o, void *p) {
+  if (p) CUDA_CHECK(cudaFreeHost(p));
+  return VL_OK;
+}
+static int cu_put_raw_async(vl_ops *o, void *d, const void *s, size_t bytes) {
+  if (bytes) CUDA_CHECK(cudaMemcpyAsync(d, s, bytes, cudaMemcpyHostToDevice, vl_ctx(o)->stream));
+  return VL_OK;
+}
+static int cu_get_raw_async(vl_ops *o, void *d, const void *s, size_t bytes) {
+  if (bytes) CUDA_CHECK(cudaMemcpyAsync(d, s, bytes, cudaMemcpyDeviceToHost, vl_ctx(o)->stream));
+  return VL_OK;
+}
+/* fp32 through the context's device staging buffer, converted on the GPU */
+static int cu_put_async(vl_ops *o, vl_t *d, const float *s, size_t n) {
+  vl_cuda_ctx *c = vl_ctx(o);
+  if (!n) return VL_OK;
+  if (n * sizeof(float) > c->staging_bytes) {
+    if (c->staging) {
+      CUDA_CHECK(cudaStreamSynchronize(c->stream));
+      CUDA_CHECK(cudaFree(c->staging));
+      c->staging = NULL;
+      c->staging_bytes = 0;
+    }
+    cudaError_t rc = cudaMalloc(&c->staging, n * sizeof(float));
+    if (rc != cudaSuccess) {
+      c->staging = NULL;
+      VL_ERROR(VL_ENOMEM, "cudaMalloc of %zu bytes of upload staging failed: %s", n * sizeof(float),
+               cudaGetErrorString(rc));
+    }
+    c->staging_bytes = n * sizeof(float);
+  }
+  CUDA_CHECK(cudaMemcpyAsync(c->staging, s, n * sizeof(float), cudaMemcpyHostToDevice, c->stream));
+  f32_to_bf16<<<vl_blocks(n, 256), 256, 0, c->stream>>>((bf16 *)d, c->staging, n);
+  LAUNCH_CHECK("f32_to_bf16");
+  return VL_OK;
+}
+static int cu_fence_record(vl_ops *o, int i) {
+  vl_cuda_ctx *c = vl_ctx(o);
+  if (i < 0 || i >= VL_OPS_FENCES) VL_ERROR(VL_EINVAL, "fence %d of %d", i, VL_OPS_FENCES);
+  if (!c->fence[i]) CUDA_CHECK(cudaEventCreateWithFlags(&c->fence[i], cudaEventDisableTiming));
+  CUDA_CHECK(cudaEventRecord(c->fence[i], c->stream));
+  return VL_OK;
+}
+static int cu_fence_wait(vl_ops *o, int i) {
+  vl_cuda_ctx *c = vl_ctx(o);
+  if (i < 0 || i >= VL_OPS_FENCES) VL_ERROR(VL_EINVAL, "fence %d of %d", i, VL_OPS_FENCES);
+  if (c->fence[i]) CUDA_CHECK(cudaEventSynchronize(c->fence[i]));
+  return VL_OK;
+}
+static int cu_timer_record(vl_ops *o, int i) {
+  vl_cuda_ctx *c = vl_ctx(o);
+  if (i < 0 || i >= VL_OPS_TIMERS) VL_ERROR(VL_EINVAL, "timer %d of %d", i, VL_OPS_TIMERS);
+  if (!c->timers) {
+    c->timers = (cudaEvent_t *)calloc(VL_OPS_TIMERS, sizeof *c->timers);
+    if (!c->timers) VL_ERROR(VL_ENOMEM, "timers");
+  }
+  if (!c->timers[i]) CUDA_CHECK(cudaEventCreate(&c->timers[i]));
+  CUDA_CHECK(cudaEventRecord(c->timers[i], c->stream));
+  return VL_OK;
+}
+static int cu_timer_ms(vl_ops *o, int i, int j, float *ms) {
+  vl_cuda_ctx *c = vl_ctx(o);
+  if (!c->timers || i < 0 || j < 0 || i >= VL_OPS_TIMERS || j >= VL_OPS_TIMERS || !c->timers[i] || !c->timers[j])
+    VL_ERROR(VL_EINVAL, "timers %d, %d not recorded", i, j);
+  CUDA_CHECK(cudaEventElapsedTime(ms, c->timers[i], c->timers[j]));
+  return VL_OK;
+}
+
 static int cu_mem_info(vl_ops *o, size_t *free_b, size_t *total_b) {
   CUDA_CHECK(cudaMemGetInfo(free_b, total_b));
   return VL_OK;
@@ -125,6 +202,14 @@ static int cu_destroy(vl_ops *o) {
     cudaStreamSynchronize(c->stream);
     for (int i = 0; i < 3; i++)
       if (c->scratch[i]) cudaFree(c->scratch[i]);
+    if (c->staging) cudaFree(c->staging);
+    for (int i = 0; i < VL_OPS_FENCES; i++)
+      if (c->fence[i]) cudaEventDestroy(c->fence[i]);
+    if (c->timers) {
+      for (int i = 0; i < VL_OPS_TIMERS; i++)
+        if (c->timers[i]) cudaEventDestroy(c->timers[i]);
+      free(c->timers);
+    }
     vl_cuda_gemm_plans_free();
     if (c->lt_workspace) cudaFree(c->lt_workspace);
     if (c->lt) cublasLtDestroy(c->lt);
@@ -174,6 +259,15 @@ extern "C" int vl_ops_cuda_create(vl_ops **out, int device) {
   o->sync = cu_sync;
   o->mem_info = cu_mem_info;
   o->destroy = cu_destroy;
+  o->host_alloc = cu_host_alloc;
+  o->host_free = cu_host_free;
+  o->put_raw_async = cu_put_raw_async;
+  o->get_raw_async = cu_get_raw_async;
+  o->put_async = cu_put_async;
+  o->fence_record = cu_fence_record;
+  o->fence_wait = cu_fence_wait;
+  o->timer_record = cu_timer_record;
+  o->timer_ms = cu_timer_ms;
   vl_cuda_register_linear(o);
   vl_cuda_register_pointwise(o);
   vl_cuda_register_norm(o);

@@ -23,8 +23,10 @@ struct vl_cuda_ctx {
   size_t lt_workspace_bytes;
   void *scratch[3];      /* grow-only transient buffers, one per role */
   size_t scratch_bytes[3];
-  float *staging;        /* host <-> device fp32 conversion staging (device) */
+  float *staging;        /* put_async's fp32 staging (device, grow-only) */
   size_t staging_bytes;
+  cudaEvent_t fence[VL_OPS_FENCES]; /* created on first record */
+  cudaEvent_t *timers;   /* VL_OPS_TIMERS, created on first record */
 };
 
 static inline vl_cuda_ctx *vl_ctx(vl_ops *o) { return (vl_cuda_ctx *)o->ctx; }

@@ -162,11 +162,15 @@ static int text_backward(vl_graph *g) {
 }
 
 int vl_graph_backward(vl_graph *g) {
+  vl_ops *o = g->ops;
   double t0 = vl_graph_clock(g);
+  if (o->phase) o->phase(o, VL_PHASE_TEXT_BWD);
   VL_CALL(text_backward(g));
   double t1 = vl_graph_clock(g);
+  if (o->phase) o->phase(o, VL_PHASE_VISION_BWD);
   if (g->P > 0 && !vl_graph_vision_frozen(g->m)) VL_CALL(vision_backward(g));
   double t2 = vl_graph_clock(g);
+  if (o->phase) o->phase(o, VL_PHASE_OTHER);
   g->phase_s[3] += t1 - t0;
   g->phase_s[4] += t2 - t1;
   return VL_OK;

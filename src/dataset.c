@@ -23,6 +23,7 @@
 
 #include "err.h"
 #include "image.h"
+#include "synth.h"
 
 #ifndef PACKAGE_VERSION
 #define PACKAGE_VERSION "unknown"
@@ -1064,7 +1065,8 @@ typedef struct {
 } pf_slot;
 
 struct vl_prefetch {
-  vl_dataset *d;
+  vl_dataset *d;     /* NULL: generated samples (synth below) */
+  vl_prefetch_synth synth;
   uint64_t seed;
   int depth;
   pthread_t thread;
@@ -1078,6 +1080,33 @@ struct vl_prefetch {
   vl_dataset_sample *spare;
   int n_spare;
 };
+
+/* Generated sample g into s: its buffers become s's (s's old ones are freed). */
+static int synth_read(vl_prefetch *p, uint64_t g, vl_dataset_sample *s) {
+  const vl_prefetch_synth *c = &p->synth;
+  vl_synth y;
+  memset(&y, 0, sizeof y);
+  int rc = c->grid_h > 0 ? vl_synth_fixed(&y, c->mc, p->seed, g, c->grid_h, c->grid_w, c->text, c->answer)
+                         : vl_synth_sample(&y, c->mc, p->seed, g, c->max_tokens, c->max_patches);
+  int32_t (*grid)[3] = rc == VL_OK ? malloc(sizeof *grid) : NULL;
+  if (rc == VL_OK && !grid) rc = vl_err_raise(VL_ENOMEM, __FILE__, __LINE__, __func__, "sample grid");
+  if (rc) {
+    vl_synth_free(&y);
+    return rc;
+  }
+  vl_dataset_sample_free(s);
+  memcpy(grid[0], y.grid[0], sizeof grid[0]);
+  s->ids = y.ids;
+  s->labels = y.labels;
+  s->pixels = y.pixels;
+  s->grid = grid;
+  s->cap_tokens = (size_t)y.sample.n_tokens;
+  s->cap_images = 1;
+  s->cap_pixels = (size_t)y.grid[0][0] * y.grid[0][1] * y.grid[0][2];
+  s->sample = y.sample;
+  s->sample.grid_thw = y.sample.n_images ? (const int32_t(*)[3])grid : NULL;
+  return VL_OK;
+}
 
 static void *prefetch_main(void *arg) {
   vl_prefetch *p = arg;
@@ -1093,9 +1122,14 @@ static void *prefetch_main(void *arg) {
     if (p->n_spare > 0 && !sl->s.bytes) sl->s = p->spare[--p->n_spare];
     pthread_mutex_unlock(&p->mu);
     vl_err_clear();
-    long i = vl_dataset_index(p->d, p->seed, sl->g);
-    int rc = i < 0 ? vl_err_raise(VL_ENOMEM, __FILE__, __LINE__, __func__, "sampler permutation") : VL_OK;
-    if (rc == VL_OK) rc = vl_dataset_read(p->d, i, &sl->s);
+    int rc = VL_OK;
+    if (p->d) {
+      long i = vl_dataset_index(p->d, p->seed, sl->g);
+      rc = i < 0 ? vl_err_raise(VL_ENOMEM, __FILE__, __LINE__, __func__, "sampler permutation") : VL_OK;
+      if (rc == VL_OK) rc = vl_dataset_read(p->d, i, &sl->s);
+    } else {
+      rc = synth_read(p, sl->g, &sl->s);
+    }
     pthread_mutex_lock(&p->mu);
     sl->rc = rc;
     if (rc) snprintf(sl->err, sizeof sl->err, "%s", vl_err_last());
@@ -1106,15 +1140,17 @@ static void *prefetch_main(void *arg) {
   return NULL;
 }
 
-int vl_prefetch_start(vl_prefetch **out, vl_dataset *d, uint64_t seed, int depth) {
+static int prefetch_start(vl_prefetch **out, vl_dataset *d, const vl_prefetch_synth *synth, uint64_t seed,
+                          int depth) {
   *out = NULL;
   if (depth < 1) VL_ERROR(VL_EINVAL, "prefetch depth %d must be at least 1", depth);
-  if (vl_dataset_size(d) <= 0) VL_ERROR(VL_EINVAL, "%s: the %s split has no samples", d->path, d->split);
+  if (d && vl_dataset_size(d) <= 0) VL_ERROR(VL_EINVAL, "%s: the %s split has no samples", d->path, d->split);
   vl_prefetch *p = calloc(1, sizeof *p);
   if (!p) VL_ERROR(VL_ENOMEM, "prefetch");
   p->spare = calloc((size_t)depth, sizeof *p->spare);
   if (!p->spare) { free(p); VL_ERROR(VL_ENOMEM, "prefetch"); }
   p->d = d;
+  if (synth) p->synth = *synth;
   p->seed = seed;
   p->depth = depth;
   pthread_mutex_init(&p->mu, NULL);
@@ -1128,6 +1164,16 @@ int vl_prefetch_start(vl_prefetch **out, vl_dataset *d, uint64_t seed, int depth
   p->running = 1;
   *out = p;
   return VL_OK;
+}
+
+int vl_prefetch_start(vl_prefetch **out, vl_dataset *d, uint64_t seed, int depth) {
+  if (!d) VL_ERROR(VL_EINVAL, "prefetch: no dataset");
+  return prefetch_start(out, d, NULL, seed, depth);
+}
+
+int vl_prefetch_start_synth(vl_prefetch **out, const vl_prefetch_synth *synth, uint64_t seed, int depth) {
+  if (!synth || !synth->mc) VL_ERROR(VL_EINVAL, "prefetch: no model for generated samples");
+  return prefetch_start(out, NULL, synth, seed, depth);
 }
 
 int vl_prefetch_request(vl_prefetch *p, uint64_t g) {
@@ -1186,6 +1232,17 @@ int vl_prefetch_take(vl_prefetch *p, uint64_t g, vl_dataset_sample *out) {
   pthread_mutex_unlock(&p->mu);
   free(sl);
   return rc;
+}
+
+int vl_prefetch_ready(vl_prefetch *p, int n) {
+  pthread_mutex_lock(&p->mu);
+  int ok = (size_t)n <= p->count;
+  for (int k = 0; k < n && ok; k++) {
+    const pf_slot *sl = p->ring[(p->head + (size_t)k) % p->cap];
+    ok = sl->state == 2 && sl->rc == VL_OK;
+  }
+  pthread_mutex_unlock(&p->mu);
+  return ok;
 }
 
 void vl_prefetch_stop(vl_prefetch *p) {

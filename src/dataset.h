@@ -4,7 +4,7 @@
  * Owns: the file format (below), writing it (append samples, then commit:
  * temporary name, flush, rename), reading it (random access to samples,
  * provenance checks against the model config), the seeded per-epoch shuffle,
- * and a background prefetch thread.
+ * and a background prefetch thread (of dataset or generated samples).
  * Does not own: tokenization, chat templates, image decoding or resizing
  * (vlprep, chat, image), building the micro-batch (batch).
  *
@@ -148,17 +148,31 @@ long vl_dataset_index(const vl_dataset *d, uint64_t seed, uint64_t g);
 /* ---- prefetch -------------------------------------------------------------- */
 /* A background thread reads requested samples (global numbers g, through
  * vl_dataset_index with seed) ahead of the taker, at most `depth` samples
- * ahead.  Requests queue without bound; samples are taken in request order.
+ * ahead.  The source is a dataset split or generated samples (synth.h:
+ * sample g is vl_synth_fixed / vl_synth_sample of (seed, g), the same as the
+ * trainer made them itself before), so generation overlaps the compute.  Requests queue without bound; samples are taken in request order.
  * A read error travels to the vl_prefetch_take of that sample (VL_EIO ...
  * with the reader's message).  The thread makes no HDF5 calls. */
 typedef struct vl_prefetch vl_prefetch;
 int vl_prefetch_start(vl_prefetch **p, vl_dataset *d, uint64_t seed, int depth);
+/* Generated samples: grid_h > 0 gives vl_synth_fixed(grid_h, grid_w, text,
+ * answer), else vl_synth_sample(max_tokens, max_patches).  mc must outlive
+ * the prefetch. */
+typedef struct {
+  const vl_model_config *mc;
+  int grid_h, grid_w, text, answer;
+  int max_tokens, max_patches;
+} vl_prefetch_synth;
+int vl_prefetch_start_synth(vl_prefetch **p, const vl_prefetch_synth *synth, uint64_t seed, int depth);
 /* Requests the next global sample number, in the order they will be taken. */
 int vl_prefetch_request(vl_prefetch *p, uint64_t g);
 /* Takes the sample of global number g (must be the oldest request), blocking
  * until it is ready: its buffers are swapped with *out's, so nothing is
  * copied and *out owns the sample until the caller frees or reuses it. */
 int vl_prefetch_take(vl_prefetch *p, uint64_t g, vl_dataset_sample *out);
+/* 1 when the n oldest requests are read, without error: taking them will
+ * not block. */
+int vl_prefetch_ready(vl_prefetch *p, int n);
 /* Stops the thread (after the sample it is reading) and drops what is
  * queued.  p may be NULL. */
 void vl_prefetch_stop(vl_prefetch *p);

@@ -155,15 +155,19 @@ double vl_graph_clock(vl_graph *g) {
   return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }
 
-int vl_graph_forward(vl_graph *g, float loss_scale, double *loss_sum) {
+/* Queues the forward pass and the loss (no host synchronisation). */
+static int forward_queue(vl_graph *g, float loss_scale) {
   vl_ops *o = g->ops;
   const vl_model *m = g->m;
   const int T = g->T, H = m->cfg.text.hidden_size, V = m->cfg.text.vocab_size;
   double t0 = vl_graph_clock(g);
+  if (o->phase) o->phase(o, VL_PHASE_VISION_FWD);
   if (g->P > 0) VL_CALL(vision_forward(g));
   double t1 = vl_graph_clock(g);
+  if (o->phase) o->phase(o, VL_PHASE_TEXT_FWD);
   VL_CALL(text_forward(g));
   double t2 = vl_graph_clock(g);
+  if (o->phase) o->phase(o, VL_PHASE_LOSS);
   vl_t *dh = NULL, *dW = NULL;
   if (loss_scale != 0.0f) {
     VL_CALL(o->zero(o, g->d_xf, (size_t)T * H * o->elem_size));
@@ -173,9 +177,23 @@ int vl_graph_forward(vl_graph *g, float loss_scale, double *loss_sum) {
   VL_CALL(o->lmhead_ce(o, g->loss, dh, dW, g->logits, g->xf, PARAM(m->lm_head), g->targets,
                        T, H, V, loss_scale));
   double t3 = vl_graph_clock(g);
+  if (o->phase) o->phase(o, VL_PHASE_OTHER);
   g->phase_s[0] += t1 - t0;
   g->phase_s[1] += t2 - t1;
   g->phase_s[2] += t3 - t2;
+  return VL_OK;
+}
+
+int vl_graph_forward_async(vl_graph *g, float loss_scale, float *loss_host) {
+  VL_CALL(forward_queue(g, loss_scale));
+  if (loss_host) VL_CALL(g->ops->get_raw_async(g->ops, loss_host, g->loss, (size_t)g->T * sizeof(float)));
+  return VL_OK;
+}
+
+int vl_graph_forward(vl_graph *g, float loss_scale, double *loss_sum) {
+  vl_ops *o = g->ops;
+  const int T = g->T;
+  VL_CALL(forward_queue(g, loss_scale));
   float *host = NULL;
   VL_CALL(vl_malloc((void **)&host, (size_t)T * sizeof(float), "per-token loss"));
   int rc = o->get_raw(o, host, g->loss, (size_t)T * sizeof(float));

@@ -223,7 +223,8 @@ int vl_graph_create_opts(vl_graph *g, const vl_model *m, vl_ops *ops, int max_T,
   VL_CALL(ops->zero(ops, g->grads, pbytes));
   sizer s = {g, ops->elem_size, 0};
   VL_CALL(size_or_alloc(&s, want_logits));
-  g->profile = getenv("VL_PROFILE") && atoi(getenv("VL_PROFILE")) > 0;
+  /* VL_PROFILE=1: synchronised phase clocks; 2 is the per-op profile (opsprof.h, no syncs) */
+  g->profile = getenv("VL_PROFILE") && atoi(getenv("VL_PROFILE")) == 1;
   g->activation_bytes = s.bytes;
   return VL_OK;
 }
@@ -267,39 +268,112 @@ void vl_graph_destroy(vl_graph *g) {
     for (int k = 0; g->ds && k < c->vision.n_deepstack; k++)
       free_all(g, (void **)&g->ds[k].ln, (void **)&g->ds[k].rstd);
   }
+  if (g->stage[0] || g->stage[1]) o->sync(o); /* no upload still reads them */
+  for (int k = 0; k < 2; k++)
+    if (g->stage[k]) o->host_free(o, g->stage[k]);
   free(g->vlayers); free(g->layers); free(g->ds); free(g->seq_host); free(g->vseg_host);
   memset(g, 0, sizeof *g);
 }
 
-int vl_graph_set_batch(vl_graph *g, const vl_batch *b) {
+/* Bytes of staging for batch b: every array, 256-byte aligned. */
+static size_t stage_need(const vl_graph *g, const vl_batch *b) {
+  const vl_model_config *c = &g->m->cfg;
+  const size_t T = (size_t)b->T, P = (size_t)b->P, hd = (size_t)c->text.head_dim;
+  const size_t vhd = (size_t)c->vision.hidden_size / c->vision.num_heads;
+  const size_t sz[] = {T * 4, T * 4, ((size_t)b->n_seq + 1) * 4, T * hd * 4, T * hd * 4,
+                       (size_t)b->n_visual * 4, ((size_t)b->n_vseg + 1) * 4, P * vhd * 4, P * vhd * 4,
+                       P * 16, P * 16, P * (size_t)b->patch_dim * 4};
+  size_t n = 0;
+  for (size_t i = 0; i < sizeof sz / sizeof *sz; i++) n += (sz[i] + 255) & ~(size_t)255;
+  return n;
+}
+
+/* dst = a copy of src's n bytes at *at in the staging (NULL when src is) */
+static void *stage_copy(char *base, size_t *at, const void *src, size_t n) {
+  if (!src) return NULL;
+  void *d = base + *at;
+  if (n) memcpy(d, src, n);
+  *at += (n + 255) & ~(size_t)255;
+  return d;
+}
+
+int vl_graph_stage_batch(vl_graph *g, const vl_batch *b) {
   vl_ops *o = g->ops;
   const vl_model_config *c = &g->m->cfg;
   if (b->T > g->max_T || b->P > g->max_P)
     VL_ERROR(VL_EINVAL, "batch of %d tokens and %d patches exceeds the allocation "
              "(%d tokens, %d patches: raise train.max_seq_len / train.max_vision_patches)",
              b->T, b->P, g->max_T, g->max_P);
+  const int k = g->stage_next;
+  VL_CALL(o->fence_wait(o, k)); /* its previous upload is done */
+  const size_t need = stage_need(g, b);
+  if (need > g->stage_bytes[k]) {
+    if (g->stage[k]) VL_CALL(o->host_free(o, g->stage[k]));
+    g->stage[k] = NULL;
+    g->stage_bytes[k] = 0;
+    VL_CALL(o->host_alloc(o, &g->stage[k], need, "batch staging"));
+    g->stage_bytes[k] = need;
+  }
+  const size_t T = (size_t)b->T, P = (size_t)b->P, hd = (size_t)c->text.head_dim;
+  const size_t vhd = (size_t)c->vision.hidden_size / c->vision.num_heads;
+  char *base = g->stage[k];
+  size_t at = 0;
+  vl_batch *s = &g->staged[k];
+  *s = *b;
+  s->positions = NULL; /* not uploaded */
+  s->ids = stage_copy(base, &at, b->ids, T * 4);
+  s->targets = stage_copy(base, &at, b->targets, T * 4);
+  s->seq_offsets = stage_copy(base, &at, b->seq_offsets, ((size_t)b->n_seq + 1) * 4);
+  s->rope_cos = stage_copy(base, &at, b->rope_cos, T * hd * 4);
+  s->rope_sin = stage_copy(base, &at, b->rope_sin, T * hd * 4);
+  s->visual_pos = stage_copy(base, &at, b->visual_pos, (size_t)b->n_visual * 4);
+  s->vseg_offsets = stage_copy(base, &at, b->vseg_offsets, ((size_t)b->n_vseg + 1) * 4);
+  s->vrope_cos = stage_copy(base, &at, b->vrope_cos, P * vhd * 4);
+  s->vrope_sin = stage_copy(base, &at, b->vrope_sin, P * vhd * 4);
+  s->pos_idx = stage_copy(base, &at, b->pos_idx, P * 16);
+  s->pos_w = stage_copy(base, &at, b->pos_w, P * 16);
+  s->pixels = stage_copy(base, &at, b->pixels, P * (size_t)b->patch_dim * 4);
+  g->stage_ready = k + 1;
+  return VL_OK;
+}
+
+int vl_graph_commit_batch(vl_graph *g) {
+  vl_ops *o = g->ops;
+  const vl_model_config *c = &g->m->cfg;
+  if (!g->stage_ready) VL_ERROR(VL_EINVAL, "no staged batch to commit");
+  const int k = g->stage_ready - 1;
+  const vl_batch *b = &g->staged[k];
+  g->stage_ready = 0;
+  g->stage_next = k ^ 1;
   g->T = b->T; g->P = b->P; g->n_visual = b->n_visual; g->n_seq = b->n_seq;
   g->n_vseg = b->n_vseg; g->n_targets = b->n_targets;
   const size_t T = (size_t)b->T, P = (size_t)b->P;
   memcpy(g->seq_host, b->seq_offsets, (T ? (size_t)b->n_seq + 1 : 1) * sizeof(int32_t));
-  VL_CALL(o->put_raw(o, g->ids, b->ids, T * sizeof(int32_t)));
-  VL_CALL(o->put_raw(o, g->targets, b->targets, T * sizeof(int32_t)));
-  VL_CALL(o->put_raw(o, g->seq, b->seq_offsets, ((size_t)b->n_seq + 1) * sizeof(int32_t)));
-  VL_CALL(o->put_raw(o, g->rope_cos, b->rope_cos, T * c->text.head_dim * sizeof(float)));
-  VL_CALL(o->put_raw(o, g->rope_sin, b->rope_sin, T * c->text.head_dim * sizeof(float)));
+  VL_CALL(o->put_raw_async(o, g->ids, b->ids, T * sizeof(int32_t)));
+  VL_CALL(o->put_raw_async(o, g->targets, b->targets, T * sizeof(int32_t)));
+  VL_CALL(o->put_raw_async(o, g->seq, b->seq_offsets, ((size_t)b->n_seq + 1) * sizeof(int32_t)));
+  VL_CALL(o->put_raw_async(o, g->rope_cos, b->rope_cos, T * c->text.head_dim * sizeof(float)));
+  VL_CALL(o->put_raw_async(o, g->rope_sin, b->rope_sin, T * c->text.head_dim * sizeof(float)));
   if (P > 0) {
     size_t vhd = (size_t)c->vision.hidden_size / c->vision.num_heads;
     memcpy(g->vseg_host, b->vseg_offsets, ((size_t)b->n_vseg + 1) * sizeof(int32_t));
-    VL_CALL(o->put_raw(o, g->visual_pos, b->visual_pos, (size_t)b->n_visual * sizeof(int32_t)));
-    VL_CALL(o->put_raw(o, g->vseg, b->vseg_offsets, ((size_t)b->n_vseg + 1) * sizeof(int32_t)));
-    VL_CALL(o->put_raw(o, g->vrope_cos, b->vrope_cos, P * vhd * sizeof(float)));
-    VL_CALL(o->put_raw(o, g->vrope_sin, b->vrope_sin, P * vhd * sizeof(float)));
+    VL_CALL(o->put_raw_async(o, g->visual_pos, b->visual_pos, (size_t)b->n_visual * sizeof(int32_t)));
+    VL_CALL(o->put_raw_async(o, g->vseg, b->vseg_offsets, ((size_t)b->n_vseg + 1) * sizeof(int32_t)));
+    VL_CALL(o->put_raw_async(o, g->vrope_cos, b->vrope_cos, P * vhd * sizeof(float)));
+    VL_CALL(o->put_raw_async(o, g->vrope_sin, b->vrope_sin, P * vhd * sizeof(float)));
     if (b->pos_idx) {
-      VL_CALL(o->put_raw(o, g->pos_idx, b->pos_idx, P * 4 * sizeof(int32_t)));
-      VL_CALL(o->put_raw(o, g->pos_w, b->pos_w, P * 4 * sizeof(float)));
+      VL_CALL(o->put_raw_async(o, g->pos_idx, b->pos_idx, P * 4 * sizeof(int32_t)));
+      VL_CALL(o->put_raw_async(o, g->pos_w, b->pos_w, P * 4 * sizeof(float)));
     }
-    VL_CALL(o->put(o, g->pixels, b->pixels, P * (size_t)b->patch_dim));
+    VL_CALL(o->put_async(o, g->pixels, b->pixels, P * (size_t)b->patch_dim));
   }
+  VL_CALL(o->fence_record(o, k));
+  return VL_OK;
+}
+
+int vl_graph_set_batch(vl_graph *g, const vl_batch *b) {
+  VL_CALL(vl_graph_stage_batch(g, b));
+  VL_CALL(vl_graph_commit_batch(g));
   return VL_OK;
 }
 

@@ -55,6 +55,14 @@ typedef struct {
   int32_t *ids, *targets, *visual_pos, *seq, *vseg, *pos_idx;
   float *pos_w, *rope_cos, *rope_sin, *vrope_cos, *vrope_sin;
   vl_t *pixels;
+  /* Host staging of batch inputs (ops->host_alloc: pinned on CUDA), two
+   * slots so one can be filled while the other's upload is still queued;
+   * fences 0 and 1 guard them.  staged[k]: the batch in slot k, its arrays
+   * pointing into stage[k]. */
+  void *stage[2];
+  size_t stage_bytes[2];
+  vl_batch staged[2];
+  int stage_next, stage_ready;  /* slot to fill next; k + 1: slot k filled, 0 none */
 
   /* ---- activations ---- */
   vl_t *vx0;                 /* (P, Vh) patch embed + pos embed */
@@ -84,7 +92,7 @@ typedef struct {
   /* A frozen vision tower (vl_graph_vision_frozen at creation) has no
    * backward: its layers share one activation set, x_out included. */
   int vision_shared;
-  /* VL_PROFILE=1: seconds per phase (synchronised), summed over calls:
+  /* VL_PROFILE=1 (exactly): seconds per phase (synchronised), summed over calls:
    * vision forward, text forward, loss, text backward, vision backward */
   int profile;
   double phase_s[5];
@@ -104,14 +112,28 @@ int vl_graph_create_opts(vl_graph *g, const vl_model *m, vl_ops *ops, int max_T,
                          int want_logits, size_t n_alloc, int recompute);
 void vl_graph_destroy(vl_graph *g);
 
-/* Uploads the batch's inputs and indices (batch sizes <= max_T, max_P). */
+/* Uploads the batch's inputs and indices (batch sizes <= max_T, max_P):
+ * vl_graph_stage_batch then vl_graph_commit_batch.  The uploads are queued
+ * in order with the ops; b may be freed on return. */
 int vl_graph_set_batch(vl_graph *g, const vl_batch *b);
+/* Copies b into the next host staging slot (waiting until that slot's
+ * previous upload has been done); touches nothing the queued ops read, so
+ * it may run while the previous batch's passes are still being queued. */
+int vl_graph_stage_batch(vl_graph *g, const vl_batch *b);
+/* Makes the staged batch current: sizes and host offsets for the next
+ * passes, and queues its uploads (asynchronous: after the ops queued
+ * before, so a running pass never sees its inputs change). */
+int vl_graph_commit_batch(vl_graph *g);
 
 /* Forward pass.  Returns the sum of per-token losses in *loss_sum (host).
  * If loss_scale != 0 the gradient of loss_scale * sum(loss) w.r.t. the final
  * hidden states and lm_head is formed here (fused with the loss) and
  * vl_graph_backward must follow. */
 int vl_graph_forward(vl_graph *g, float loss_scale, double *loss_sum);
+/* The same without waiting for the GPU: the per-token losses (T floats) are
+ * copied into loss_host (ops->host_alloc memory; NULL: not copied) once the
+ * queued work is done (ops->sync). */
+int vl_graph_forward_async(vl_graph *g, float loss_scale, float *loss_host);
 /* With g->profile: synchronises and returns a monotonic time in s; else 0. */
 double vl_graph_clock(vl_graph *g);
 /* Backward pass: accumulates (+=) into g->grads. */

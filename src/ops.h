@@ -44,6 +44,12 @@
 
 typedef void vl_t; /* backend working element: see above */
 
+#define VL_OPS_FENCES 8
+/* phases announced through ops->phase */
+enum { VL_PHASE_VISION_FWD, VL_PHASE_TEXT_FWD, VL_PHASE_LOSS, VL_PHASE_TEXT_BWD, VL_PHASE_VISION_BWD,
+       VL_PHASE_OTHER, VL_N_PHASES };
+#define VL_OPS_TIMERS 32768
+
 typedef struct vl_ops vl_ops;
 struct vl_ops {
   const char *name;  /* "cpu", "cuda" */
@@ -65,6 +71,28 @@ struct vl_ops {
   /* device memory free and total, bytes (CPU: the host's available memory) */
   int (*mem_info)(vl_ops *o, size_t *free_bytes, size_t *total_bytes);
   int (*destroy)(vl_ops *o);
+  /* Asynchronous transfers, queued in order with the ops (CUDA: on the
+   * compute stream; CPU: done at once).  The host side must be memory from
+   * host_alloc (CUDA: pinned) and stays in use until the work queued before
+   * a later fence_record has passed fence_wait (or sync): do not touch it
+   * before.  put_async converts fp32 -> vl_t like put. */
+  int (*host_alloc)(vl_ops *o, void **ptr, size_t bytes, const char *what);
+  int (*host_free)(vl_ops *o, void *ptr);
+  int (*put_raw_async)(vl_ops *o, void *dst, const void *src, size_t bytes);
+  int (*get_raw_async)(vl_ops *o, void *dst, const void *src, size_t bytes);
+  int (*put_async)(vl_ops *o, vl_t *dst, const float *src, size_t n);
+  /* fences i < VL_OPS_FENCES: record after the work queued so far; wait
+   * blocks the host until that work is done (a fence never recorded: at once) */
+  int (*fence_record)(vl_ops *o, int i);
+  int (*fence_wait)(vl_ops *o, int i);
+  /* timers i < VL_OPS_TIMERS (profiling): record a timestamp in the queue;
+   * timer_ms gives the milliseconds from timer i to timer j once both are
+   * done (after sync) */
+  int (*timer_record)(vl_ops *o, int i);
+  int (*timer_ms)(vl_ops *o, int i, int j, float *ms);
+  /* profiling hook (opsprof.h): the graph announces the phase of the ops
+   * that follow; NULL unless the table is wrapped by the profiler */
+  void (*phase)(vl_ops *o, int phase);
 
   /* ---- linear ------------------------------------------------------------
    * out (M,N) = inp (M,K) . W(N,K)^T + bias(N)    [bias may be NULL]

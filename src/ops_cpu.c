@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "err.h"
@@ -86,7 +87,31 @@ static int cpu_raw(vl_ops *o, void *d, const void *s, size_t bytes) {
   return VL_OK;
 }
 static int cpu_sync(vl_ops *o) { return VL_OK; }
-static int cpu_destroy(vl_ops *o) { free(o); return VL_OK; }
+static int cpu_host_alloc(vl_ops *o, void **p, size_t bytes, const char *what) {
+  return vl_malloc(p, bytes ? bytes : 1, what);
+}
+static int cpu_fence(vl_ops *o, int i) {
+  if (i < 0 || i >= VL_OPS_FENCES) VL_ERROR(VL_EINVAL, "fence %d of %d", i, VL_OPS_FENCES);
+  return VL_OK;
+}
+/* the CPU ops are synchronous: a timer is the wall clock */
+static int cpu_timer_record(vl_ops *o, int i) {
+  if (i < 0 || i >= VL_OPS_TIMERS) VL_ERROR(VL_EINVAL, "timer %d of %d", i, VL_OPS_TIMERS);
+  if (!o->ctx) VL_CALL(vl_calloc(&o->ctx, VL_OPS_TIMERS, sizeof(double), "timers"));
+  double *cpu_timers = o->ctx;
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  cpu_timers[i] = (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+  return VL_OK;
+}
+static int cpu_timer_ms(vl_ops *o, int i, int j, float *ms) {
+  const double *cpu_timers = o->ctx;
+  if (!cpu_timers || i < 0 || j < 0 || i >= VL_OPS_TIMERS || j >= VL_OPS_TIMERS)
+    VL_ERROR(VL_EINVAL, "timers %d, %d not recorded", i, j);
+  *ms = (float)(1e3 * (cpu_timers[j] - cpu_timers[i]));
+  return VL_OK;
+}
+static int cpu_destroy(vl_ops *o) { free(o->ctx); free(o); return VL_OK; }
 static int cpu_mem_info(vl_ops *o, size_t *free_b, size_t *total_b) {
   long pages = sysconf(_SC_PHYS_PAGES), avail = sysconf(_SC_AVPHYS_PAGES);
   long ps = sysconf(_SC_PAGESIZE);
@@ -924,6 +949,15 @@ int vl_ops_cpu_create(vl_ops **out) {
   o->sync = cpu_sync;
   o->mem_info = cpu_mem_info;
   o->destroy = cpu_destroy;
+  o->host_alloc = cpu_host_alloc;
+  o->host_free = cpu_free;
+  o->put_raw_async = cpu_raw;
+  o->get_raw_async = cpu_raw;
+  o->put_async = cpu_put;
+  o->fence_record = cpu_fence;
+  o->fence_wait = cpu_fence;
+  o->timer_record = cpu_timer_record;
+  o->timer_ms = cpu_timer_ms;
   o->matmul_forward = cpu_matmul_forward;
   o->matmul_backward = cpu_matmul_backward;
   o->add = cpu_add;

@@ -12,6 +12,22 @@ void vl_synth_free(vl_synth *s) {
   memset(s, 0, sizeof *s);
 }
 
+/* n normals into out, as n successive vl_rng_normal(r) calls would draw them,
+ * in parallel: the generator's state is a counter (each vl_rng_next adds a
+ * constant), so draw j starts from *r + 2 j steps and every thread computes
+ * its own start.  Leaves *r where the serial loop would. */
+#define RNG_STEP 0x9E3779B97F4A7C15ull /* vl_rng_next's increment (weights.c) */
+static void normals(float *out, size_t n, uint64_t *r) {
+  const uint64_t r0 = *r;
+#pragma omp parallel for schedule(static)
+  for (long long c = 0; c < (long long)((n + 65535) / 65536); c++) {
+    const size_t lo = (size_t)c * 65536, hi = lo + 65536 < n ? lo + 65536 : n;
+    uint64_t st = r0 + (uint64_t)(2 * lo) * RNG_STEP;
+    for (size_t i = lo; i < hi; i++) out[i] = vl_rng_normal(&st);
+  }
+  *r = r0 + (uint64_t)(2 * n) * RNG_STEP;
+}
+
 int vl_synth_sample(vl_synth *s, const vl_model_config *mc, uint64_t seed, uint64_t index,
                     int max_tokens, int max_patches) {
   vl_synth_free(s);
@@ -53,7 +69,7 @@ int vl_synth_sample(vl_synth *s, const vl_model_config *mc, uint64_t seed, uint6
   /* the answer repeats the prompt: learnable by attention */
   for (int i = 0; i < answer; i++) s->ids[t++] = s->ids[i % prompt];
   for (int i = 0; i < n; i++) s->labels[i] = i >= n - answer ? s->ids[i] : -100;
-  for (size_t i = 0; i < (size_t)gh * gw * patch_dim; i++) s->pixels[i] = vl_rng_normal(&r);
+  normals(s->pixels, (size_t)gh * gw * patch_dim, &r);
   s->grid[0][0] = 1; s->grid[0][1] = gh; s->grid[0][2] = gw;
   s->sample = (vl_sample){n, s->ids, s->labels, with_image, with_image ? (const int32_t(*)[3])s->grid : NULL,
                           with_image ? s->pixels : NULL};
@@ -82,7 +98,7 @@ int vl_synth_fixed(vl_synth *s, const vl_model_config *mc, uint64_t seed, uint64
   while (t < n) s->ids[t++] = base + (int32_t)(vl_rng_next(&r) % (uint64_t)alpha);
   (void)prompt;
   for (int i = 0; i < n; i++) s->labels[i] = i >= n - answer ? s->ids[i] : -100;
-  for (size_t i = 0; i < (size_t)grid_h * grid_w * patch_dim; i++) s->pixels[i] = vl_rng_normal(&r);
+  normals(s->pixels, (size_t)grid_h * grid_w * patch_dim, &r);
   s->grid[0][0] = 1; s->grid[0][1] = grid_h; s->grid[0][2] = grid_w;
   s->sample = (vl_sample){n, s->ids, s->labels, 1, (const int32_t(*)[3])s->grid, s->pixels};
   return VL_OK;

@@ -27,13 +27,33 @@ void vl_train_data_path(const vl_config *cfg, char *out, size_t n) {
   else snprintf(out, n, "%.*s/%s", (int)(slash - cfg->source), cfg->source, d);
 }
 
+/* The background source of training samples: the dataset's, or generated
+ * ones (the same (seed, g) samples the step made itself before). */
+static int start_prefetch(vl_trainer *t) {
+  const vl_train_config *tc = &t->cfg->train;
+  const int per_step = tc->grad_accum * tc->micro_batch;
+  if (t->train_set) {
+    VL_CALL(vl_prefetch_start(&t->prefetch, t->train_set, tc->seed, per_step));
+    return VL_OK;
+  }
+  vl_prefetch_synth ps = {&t->cfg->model, tc->synth_grid[0], tc->synth_grid[1], tc->synth_text,
+                          tc->synth_answer, tc->max_seq_len, tc->max_vision_patches};
+  VL_CALL(vl_prefetch_start_synth(&t->prefetch, &ps, tc->seed, per_step));
+  return VL_OK;
+}
+
 /* Opens run.data's splits, checks them against the model and the run's
- * limits, and starts the prefetch thread. */
+ * limits, and starts the prefetch thread (also of generated samples). */
 static int open_data(vl_trainer *t) {
   const vl_train_config *tc = &t->cfg->train;
   const char *path = t->data_path;
+  const int per_step = tc->grad_accum * tc->micro_batch;
   vl_train_data_path(t->cfg, t->data_path, sizeof t->data_path);
-  if (!path[0]) return VL_OK;
+  VL_CALL(vl_calloc((void **)&t->slots, (size_t)per_step, sizeof *t->slots, "step samples"));
+  if (!path[0]) {
+    VL_CALL(start_prefetch(t));
+    return VL_OK;
+  }
   VL_CALL(vl_dataset_open(&t->train_set, path, "train"));
   VL_CALL(vl_dataset_check(t->train_set, &t->cfg->model));
   if (vl_dataset_size(t->train_set) == 0) VL_ERROR(VL_EINVAL, "%s: the \"train\" split has no samples", path);
@@ -51,15 +71,18 @@ static int open_data(vl_trainer *t) {
       VL_ERROR(VL_EINVAL, "%s: %s sample %ld has %ld vision patches, more than train.max_vision_patches %d", path,
                k ? "val" : "train", ip, mp, tc->max_vision_patches);
   }
-  const int per_step = tc->grad_accum * tc->micro_batch;
-  VL_CALL(vl_calloc((void **)&t->slots, (size_t)per_step, sizeof *t->slots, "step samples"));
-  VL_CALL(vl_prefetch_start(&t->prefetch, t->train_set, tc->seed, per_step));
+  VL_CALL(start_prefetch(t));
   return VL_OK;
 }
 
 int vl_trainer_create(vl_trainer *t, const vl_config *cfg, const vl_model *m, vl_comm *comm,
                       vl_ops *ops, const float *host_params) {
   memset(t, 0, sizeof *t);
+  const char *prof = getenv("VL_PROFILE");
+  if (prof && atoi(prof) == 2) {
+    t->ops_in = ops;
+    VL_CALL(vl_opsprof_wrap(&ops, &t->prof, ops));
+  }
   t->cfg = cfg; t->m = m; t->comm = comm; t->ops = ops;
   const vl_train_config *tc = &cfg->train;
   VL_CALL(vl_graph_create_opts(&t->g, m, ops, tc->max_seq_len * tc->micro_batch,
@@ -69,6 +92,9 @@ int vl_trainer_create(vl_trainer *t, const vl_config *cfg, const vl_model *m, vl
   VL_CALL(ops->zero(ops, t->g.grads, m->n_elements * ops->elem_size));
   VL_CALL(vl_optim_create(&t->opt, m, ops, comm, tc, host_params));
   vl_optim_bind(&t->opt, &t->g);
+  VL_CALL(ops->host_alloc(ops, (void **)&t->loss_host,
+                          (size_t)tc->grad_accum * tc->max_seq_len * tc->micro_batch * sizeof(float),
+                          "per-token losses"));
   /* every rank opens the data; they agree before anything collective follows */
   int rc = open_data(t);
   double bad = rc != VL_OK;
@@ -100,11 +126,10 @@ int vl_trainer_resume(vl_trainer *t, const char *path) {
     t->samples_done = (uint64_t)cur.samples;
   }
   /* requests made before the resume are for the wrong samples */
-  if (t->prefetch) {
-    vl_prefetch_stop(t->prefetch);
-    t->prefetch = NULL;
-    VL_CALL(vl_prefetch_start(&t->prefetch, t->train_set, tc->seed, tc->grad_accum * tc->micro_batch));
-  }
+  vl_prefetch_stop(t->prefetch);
+  t->prefetch = NULL;
+  t->next_ready = t->pre_staged = 0;
+  VL_CALL(start_prefetch(t));
   t->req_cursor = t->samples_done;
   return VL_OK;
 }
@@ -122,10 +147,12 @@ void vl_trainer_destroy(vl_trainer *t) {
     for (int i = 0; i < t->cfg->train.grad_accum * t->cfg->train.micro_batch; i++)
       vl_dataset_sample_free(&t->slots[i]);
   free(t->slots);
+  if (t->loss_host) t->ops->host_free(t->ops, t->loss_host);
   vl_dataset_close(t->train_set);
   vl_dataset_close(t->val_set);
   vl_optim_destroy(&t->opt);
   vl_graph_destroy(&t->g);
+  vl_opsprof_free(t->prof);
   memset(t, 0, sizeof *t);
 }
 
@@ -146,42 +173,77 @@ static int request_until(vl_trainer *t, uint64_t upto) {
   return VL_OK;
 }
 
+/* Takes this rank's samples of the step at cursor C into slots. */
+static int take_step(vl_trainer *t, uint64_t C, vl_dataset_sample *slots) {
+  const vl_train_config *tc = &t->cfg->train;
+  const int A = tc->grad_accum, mb = tc->micro_batch, W = t->comm->size, rank = t->comm->rank;
+  for (int a = 0; a < A; a++)
+    for (int k = 0; k < mb; k++)
+      VL_CALL(vl_prefetch_take(t->prefetch, C + ((uint64_t)a * W + rank) * mb + k, &slots[a * mb + k]));
+  return VL_OK;
+}
+
+/* Builds micro-batch a of the step from its samples and copies it into the
+ * graph's host staging (host work only: it runs while the GPU computes). */
+static int stage_micro(vl_trainer *t, const vl_sample **view, vl_sample *samples, int a) {
+  const int mb = t->cfg->train.micro_batch;
+  for (int k = 0; k < mb; k++) samples[k] = *view[a * mb + k];
+  vl_batch b;
+  VL_CALL(vl_batch_build(&b, &t->cfg->model, samples, mb));
+  int rc = vl_graph_stage_batch(&t->g, &b);
+  vl_batch_free(&b);
+  return rc;
+}
+
+/* Between the forward and the backward of the step's last micro-batch:
+ * when the samples of the next step (cursor C) are all read, takes them and
+ * stages its first micro-batch, so that the next step starts on the GPU at
+ * once.  Never waits for the prefetch (then the next step takes them); a
+ * failure is kept for the next step, where every rank learns of it (a
+ * failed build: that step builds again and reports it). */
+static int take_ahead(vl_trainer *t, uint64_t C, const vl_sample **view, vl_sample *samples) {
+  const int n = t->cfg->train.grad_accum * t->cfg->train.micro_batch;
+  if (!vl_prefetch_ready(t->prefetch, n)) return VL_OK;
+  t->next_rc = take_step(t, C, t->slots); /* this step's are all staged: free */
+  if (t->next_rc) snprintf(t->next_err, sizeof t->next_err, "%s", vl_err_last());
+  t->next_ready = 1;
+  if (!t->next_rc) {
+    for (int i = 0; i < n; i++) view[i] = &t->slots[i].sample;
+    t->pre_staged = stage_micro(t, view, samples, 0) == VL_OK;
+  }
+  return VL_OK;
+}
+
 int vl_trainer_step(vl_trainer *t, vl_step_report *r) {
   const vl_train_config *tc = &t->cfg->train;
   const int A = tc->grad_accum, mb = tc->micro_batch, W = t->comm->size, rank = t->comm->rank;
   const uint64_t G = (uint64_t)A * mb * W, C = t->samples_done;
   const double t0 = now();
   /* this rank's samples for the whole step, to agree on the token count */
-  vl_synth *s = calloc((size_t)A * mb, sizeof *s);
-  const vl_sample **view = calloc((size_t)A * mb, sizeof *view);
+  const vl_sample **view = calloc((size_t)2 * A * mb, sizeof *view), **view_next = view + (size_t)A * mb;
   vl_sample *samples = calloc((size_t)mb, sizeof *samples);
-  if (!s || !samples || !view) { free(s); free(samples); free(view); VL_ERROR(VL_ENOMEM, "step samples"); }
+  int *Ta = calloc((size_t)A, sizeof *Ta);
+  if (!samples || !view || !Ta) { free(samples); free(view); free(Ta); VL_ERROR(VL_ENOMEM, "step samples"); }
   int rc = VL_OK;
   double counts[3] = {0, 0, 0}; /* supervised tokens, loss sum, LLM tokens */
   double local_targets = 0;      /* this rank's supervised tokens */
-  /* the dataset's samples of this step and the next are read ahead */
-  if (t->prefetch) rc = request_until(t, C + G);
-  for (int a = 0; a < A && rc == VL_OK; a++)
-    for (int k = 0; k < mb && rc == VL_OK; k++) {
-      const uint64_t g = C + ((uint64_t)a * W + rank) * mb + k;
-      if (t->prefetch) {
-        rc = vl_prefetch_take(t->prefetch, g, &t->slots[a * mb + k]);
-        view[a * mb + k] = &t->slots[a * mb + k].sample;
-      } else {
-        if (tc->synth_grid[0] > 0)
-          rc = vl_synth_fixed(&s[a * mb + k], &t->cfg->model, tc->seed, g, tc->synth_grid[0],
-                              tc->synth_grid[1], tc->synth_text, tc->synth_answer);
-        else
-          rc = vl_synth_sample(&s[a * mb + k], &t->cfg->model, tc->seed, g, tc->max_seq_len,
-                               tc->max_vision_patches);
-        view[a * mb + k] = &s[a * mb + k].sample;
-      }
-      if (rc == VL_OK) {
-        const vl_sample *x = view[a * mb + k];
-        for (int i = 1; i < x->n_tokens; i++) counts[0] += x->labels[i] >= 0;
-        counts[2] += x->n_tokens;
-      }
-    }
+  /* the samples of this step and the next are read (or generated) ahead */
+  rc = request_until(t, C + G);
+  /* taken during the previous step's last backward, or now */
+  if (rc == VL_OK && t->next_ready) {
+    t->next_ready = 0;
+    rc = t->next_rc;
+    if (rc) vl_err_raise(rc, __FILE__, __LINE__, __func__, "%s", t->next_err);
+  } else if (rc == VL_OK) {
+    t->pre_staged = 0;
+    rc = take_step(t, C, t->slots);
+  }
+  for (int i = 0; i < A * mb && rc == VL_OK; i++) {
+    const vl_sample *x = view[i] = &t->slots[i].sample;
+    for (int j = 1; j < x->n_tokens; j++) counts[0] += x->labels[j] >= 0;
+    counts[2] += x->n_tokens;
+  }
+  if (rc) t->pre_staged = 0;
   /* every rank joins the count, also after a local failure (a read error) */
   double total[2] = {rc == VL_OK ? counts[0] : 0, rc != VL_OK};
   int crc = vl_comm_allreduce_double(t->comm, total, 2, VL_COMM_SUM);
@@ -192,28 +254,47 @@ int vl_trainer_step(vl_trainer *t, vl_step_report *r) {
   if (rc == VL_OK) {
     local_targets = counts[0];
     const float scale = total[0] > 0 ? (float)(1.0 / total[0]) : 0.0f;
+    const size_t rows = (size_t)tc->max_seq_len * mb; /* loss_host row stride */
+    /* Pipelined: the forward of micro-batch a is queued, micro-batch a+1 is
+     * built and staged on the host while the GPU runs it, then a's backward
+     * is queued and a+1's upload after it (stream order).  The only wait is
+     * at the end of the step; the losses come back with it. */
+    if (!t->pre_staged) rc = stage_micro(t, view, samples, 0);
+    t->pre_staged = 0;
+    if (rc == VL_OK) rc = vl_graph_commit_batch(&t->g);
+    /* VL_PROFILE=2: the last micro-batch of the second step (of the first if it is the only one) */
+    const int prof = t->prof && !t->prof_done && (t->step >= 1 || tc->steps == 1);
     for (int a = 0; a < A && rc == VL_OK; a++) {
-      for (int k = 0; k < mb; k++) samples[k] = *view[a * mb + k];
-      vl_batch b;
-      double loss = 0;
-      rc = vl_batch_build(&b, &t->cfg->model, samples, mb);
-      if (rc == VL_OK) rc = vl_graph_set_batch(&t->g, &b);
-      if (rc == VL_OK) rc = vl_graph_forward(&t->g, scale, &loss);
+      Ta[a] = t->g.T;
+      if (prof && a == A - 1) vl_opsprof_arm(t->prof);
+      rc = vl_graph_forward_async(&t->g, scale, t->loss_host + (size_t)a * rows);
+      if (rc == VL_OK && a + 1 < A) rc = stage_micro(t, view, samples, a + 1);
+      if (rc == VL_OK && a + 1 == A) rc = take_ahead(t, C + G, view_next, samples);
       if (rc == VL_OK) rc = vl_graph_backward(&t->g);
-      if (rc == VL_OK) rc = t->ops->sync(t->ops);
-      size_t fr = 0, tot = 0;
-      if (rc == VL_OK && t->ops->mem_info && t->ops->mem_info(t->ops, &fr, &tot) == VL_OK &&
-          tot - fr > t->peak_bytes)
-        t->peak_bytes = tot - fr;
+      if (prof && a == A - 1) vl_opsprof_disarm(t->prof);
+      if (rc == VL_OK && a + 1 < A) rc = vl_graph_commit_batch(&t->g);
+    }
+    if (rc == VL_OK) rc = t->ops->sync(t->ops);
+    if (rc == VL_OK && prof) {
+      rc = vl_opsprof_collect(t->prof);
+      t->prof_done = 1;
+      t->prof_step = t->step + 1;
+    }
+    size_t fr = 0, tot = 0;
+    if (rc == VL_OK && t->ops->mem_info && t->ops->mem_info(t->ops, &fr, &tot) == VL_OK &&
+        tot - fr > t->peak_bytes)
+      t->peak_bytes = tot - fr;
+    for (int a = 0; a < A && rc == VL_OK; a++) {
+      double loss = 0;
+      const float *l = t->loss_host + (size_t)a * rows;
+      for (int i = 0; i < Ta[a]; i++) loss += l[i];
       counts[1] += loss;
-      vl_batch_free(&b);
     }
     counts[0] = total[0];
   }
-  for (int i = 0; i < A * mb; i++) vl_synth_free(&s[i]);
-  free(s);
   free(view);
   free(samples);
+  free(Ta);
   if (rc) return vl_err_trace(rc, __FILE__, __LINE__, __func__);
   double sums[3] = {counts[1], counts[2], isfinite(counts[1]) ? 0.0 : 1.0};
   VL_CALL(vl_comm_allreduce_double(t->comm, sums, 3, VL_COMM_SUM));
@@ -343,6 +424,7 @@ static int exact_match(vl_trainer *t, const vl_batch *b, argmax_scratch *a, int 
 
 int vl_trainer_eval(vl_trainer *t, int n, vl_eval_result *res) {
   const vl_train_config *tc = &t->cfg->train;
+  t->pre_staged = 0; /* its batches go through the same staging */
   if (t->data_path[0] && !t->val_set)
     VL_ERROR(VL_EINVAL, "%s has no \"val\" split: nothing to validate on (make one with vlprep's validation option)",
              t->data_path);
@@ -509,6 +591,12 @@ int vl_train_run(const vl_config *cfg, const vl_model *m, vl_comm *comm, vl_ops 
     const double *p = t.g.phase_s;
     printf("profile (rank 0, s summed over %d steps): vision forward %.3f, text forward %.3f, "
            "loss %.3f, text backward %.3f, vision backward %.3f\n", t.step, p[0], p[1], p[2], p[3], p[4]);
+  }
+  if (t.prof && t.prof_done && comm->rank == 0) {
+    char title[160];
+    snprintf(title, sizeof title, "rank 0, backend %s, step %d, micro-batch %d of %d", t.ops_in->name, t.prof_step,
+             cfg->train.grad_accum, cfg->train.grad_accum);
+    vl_opsprof_print(t.prof, stdout, title);
   }
   int crc = vl_gradstats_close(t.stats);
   if (rc == VL_OK) rc = crc;

@@ -26,6 +26,7 @@
 #include "gradstats.h"
 #include "optim.h"
 #include "dataset.h"
+#include "opsprof.h"
 
 typedef struct {
   const vl_config *cfg;
@@ -39,14 +40,25 @@ typedef struct {
   int skipped;         /* steps skipped for non-finite values */
   vl_gradstats *stats; /* rank 0, when statistics are recorded */
   int record;          /* every rank: compute statistics on stats steps */
-  size_t peak_bytes;   /* most device (or host) memory in use seen after a micro-batch */
+  size_t peak_bytes;   /* most device (or host) memory in use seen after a step's passes */
   /* ---- data ---- */
   char data_path[VL_PATH_MAX]; /* run.data resolved, "" = generated samples */
   vl_dataset *train_set, *val_set; /* val_set NULL when the file has no "val" split */
   vl_prefetch *prefetch;
   vl_dataset_sample *slots;    /* the step's A x mb samples */
+  /* next_ready: slots hold the next step's samples, taken during this
+   * step's last backward (every micro-batch of this step is staged by then),
+   * and its first micro-batch is staged in the graph (pre_staged) */
+  int next_ready, next_rc, pre_staged;
+  char next_err[1024];
   uint64_t samples_done;       /* C: global samples consumed (the cursor) */
   uint64_t req_cursor;         /* C of the next step whose samples are not requested yet */
+  float *loss_host;            /* (A, max_seq_len * mb) per-token losses of a step (ops->host_alloc) */
+  /* VL_PROFILE=2: ops is the profiler's table around ops_in; one
+   * micro-batch (the last of the second step) is profiled */
+  vl_opsprof *prof;
+  vl_ops *ops_in;
+  int prof_step, prof_done;
 } vl_trainer;
 
 typedef struct {
