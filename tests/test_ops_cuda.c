@@ -515,13 +515,19 @@ static void bench_attention_shape(const char *name, int T, int nh, int nkv, int 
   const double pairs = causal ? 0.5 * T * (T + 1.0) : (double)T * T;
   const double ffwd = 4.0 * nh * hd * pairs, fbwd = 2.5 * ffwd;
   const float sc = 1.0f / sqrtf((float)hd);
-  enum { NP = 2 };
+  enum { NP = 4 };
   float *oh[NP], *gh[NP]; /* out, and dqkv from one backward on zeros */
   for (int k = 0; k < NP; k++) oh[k] = malloc((size_t)T * nh * hd * 4), gh[k] = malloc(T * W * 4);
-  /* the flash path, then the older one (VL_ATTENTION_FLASH=0) */
+  /* the flash path (one-pass backward, head_dim 72 unpadded); the same with
+   * head_dim 72 padded to 80; padded and with the two-pass deterministic
+   * backward (the flash path before both changes); the older path
+   * (VL_ATTENTION_FLASH=0) */
+  static const char *const pname[NP] = {"flash", "flash-p80", "flash2-p80", NULL};
   for (int path = 0; path < NP; path++) {
+    if (path >= 1) setenv("VL_ATTENTION_PAD80", "1", 1);
+    if (path == 2) setenv("VL_ATTENTION_DETERMINISTIC", "1", 1);
     if (path == NP - 1) setenv("VL_ATTENTION_FLASH", "0", 1);
-    const char *pn = att_path(seg, 1, hd);
+    const char *pn = pname[path] ? pname[path] : att_path(seg, 1, hd);
     double tf[20], tb[20];
     for (int r = -3; r < 20; r++) {
       tic();
@@ -541,15 +547,17 @@ static void bench_attention_shape(const char *name, int T, int nh, int nkv, int 
     gpu->get(gpu, gh[path], dx, T * W);
     qsort(tf, 20, sizeof(double), cmp_double);
     qsort(tb, 20, sizeof(double), cmp_double);
-    printf("bench %-7s %-5s T%d h%d/%d d%d %s: forward %8.3f ms %6.1f TFLOP/s   backward %8.3f ms %6.1f TFLOP/s\n",
+    printf("bench %-7s %-10s T%d h%d/%d d%d %s: forward %8.3f ms %6.1f TFLOP/s   backward %8.3f ms %6.1f TFLOP/s\n",
            name, pn, T, nh, nkv, hd, causal ? "causal" : "bidir", tf[10], ffwd / tf[10] * 1e-9,
            tb[10], fbwd / tb[10] * 1e-9);
     unsetenv("VL_ATTENTION_FLASH");
+    unsetenv("VL_ATTENTION_DETERMINISTIC");
+    unsetenv("VL_ATTENTION_PAD80");
   }
   for (int k = 0; k < NP - 1; k++) {
     double e = rel_err_f32(oh[k], oh[NP - 1], (size_t)T * nh * hd);
     double eg = rel_err_f32(gh[k], gh[NP - 1], T * W);
-    printf("bench %-7s flash vs the older path: relative difference out %.2e, dqkv %.2e\n", name, e, eg);
+    printf("bench %-7s %s vs the older path: relative difference out %.2e, dqkv %.2e\n", name, pname[k], e, eg);
     CHECK(e < 1e-2 && eg < 1e-2, "bench %s: path %d differs from the older path's: out %.2e, dqkv %.2e",
           name, k, e, eg);
   }
@@ -622,6 +630,19 @@ int main(void) {
   test_attention(200, 2, 4, 2, 40, 0);
   test_attention(130, 2, 2, 2, 32, 1);
   test_attention(257, 2, 2, 1, 64, 0);
+  /* the flash backward's deterministic two-pass form (the default is one
+   * pass with fp32 dQ reductions) */
+  setenv("VL_ATTENTION_DETERMINISTIC", "1", 1);
+  test_attention(3000, 1, 8, 2, 128, 1);
+  test_attention(2000, 5, 8, 2, 72, 1);
+  test_attention(777, 4, 4, 1, 128, 0);
+  test_attention(129, 3, 2, 1, 8, 1);
+  test_attention_partial(2, 1);
+  setenv("VL_ATTENTION_PAD80", "1", 1); /* head_dim 72 padded to 80 */
+  test_attention(2000, 5, 8, 2, 72, 1);
+  unsetenv("VL_ATTENTION_DETERMINISTIC");
+  test_attention(2500, 1, 4, 4, 72, 0);
+  unsetenv("VL_ATTENTION_PAD80");
   test_attention_partial(0, 1);
   test_attention_partial(1, 0);
   test_attention_partial(2, 1);
