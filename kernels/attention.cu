@@ -389,9 +389,14 @@ static int attn_gemm_backward(vl_ops *o, bf16 *dqkv, const bf16 *dout, const flo
  *            D = rowsum(dO o O); dQ += dS K.
  *   dK, dV:  rows = keys of one kv head, columns = queries of each q head of
  *            its group; dV += P^T dO, dK += dS^T Q.
- * Separate dQ and dK/dV passes cost two extra products (7 instead of 5) but
- * need no atomics and no fp32 dQ buffer, and are deterministic.  head_dim is
- * padded to DP (a multiple of 16) with zeros in shared memory.  Taken when
+ * The backward by default runs the dK/dV pass alone and takes dQ from the
+ * same dS tiles (dQ += dS^T K, fp32 reductions into a scratch; see
+ * backward_fused): 5 products, not bitwise repeatable.
+ * VL_ATTENTION_DETERMINISTIC=1 runs separate dQ and dK/dV passes instead:
+ * two extra products (7 instead of 5), no atomics, no fp32 buffer, bitwise
+ * repeatable.  head_dim is padded to DP (a multiple of 16) with zeros in
+ * shared memory (72 -> 80 for the vision tower: the exact width through
+ * m16n8k8 tails was measured no faster, H100).  Taken when
  * head_dim % 8 == 0, head_dim <= 128 and the tensors are 16-byte aligned;
  * VL_ATTENTION_FLASH=0 (or VL_ATTENTION_GEMM set) selects the older paths. */
 namespace flash {
@@ -435,20 +440,6 @@ __device__ __forceinline__ float ex2(float x) {
   return y;
 }
 
-/* Row stride in shared memory of a DP-wide tile: 16 bytes of padding (no
- * ldmatrix bank conflicts at widths 16 mod 32 words), 32 for DP = 72, whose
- * fragments at k or n 72..79 read (and ignore) the padding. */
-__host__ __device__ constexpr int lds_of(int DP) { return DP % 16 ? DP + 16 : DP + 8; }
-
-/* c += a b for m16n8k8 (the k = 8 tail of DP = 72): a[0], a[1] of an A
- * fragment, b0 of a B fragment */
-__device__ __forceinline__ void mma8(float c[4], uint32_t a0, uint32_t a1, uint32_t b0) {
-  asm("mma.sync.aligned.m16n8k8.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5}, {%6}, "
-      "{%0,%1,%2,%3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a0), "r"(a1), "r"(b0));
-}
-
 /* *p += (x, y), two fp32 adds in one vector reduction (sm_90) */
 __device__ __forceinline__ void red2(float *p, float x, float y) {
 #if __CUDA_ARCH__ >= 900
@@ -463,7 +454,7 @@ __device__ __forceinline__ void red2(float *p, float x, float y) {
  * rows >= nvalid and columns >= hd are zero-filled. */
 template <int ROWS, int DP, int NT>
 __device__ __forceinline__ void load_rows(bf16 *s, const bf16 *g, size_t ld, int nvalid, int hd) {
-  constexpr int CH = DP / 8, LDS = lds_of(DP);
+  constexpr int CH = DP / 8, LDS = DP + 8;
 #pragma unroll
   for (int e = threadIdx.x; e < ROWS * CH; e += NT) {
     const int r = e / CH, c = e % CH;
@@ -512,7 +503,7 @@ __device__ __forceinline__ bool find_tile(const int32_t *seg, int nseg, int t, i
 template <int DP, int BC, int MT>
 __device__ __forceinline__ void qk(float s[MT][BC / 8][4], const bf16 *sa, int ra, const bf16 *sb,
                                    int lane) {
-  constexpr int LDS = lds_of(DP);
+  constexpr int LDS = DP + 8;
 #pragma unroll
   for (int t = 0; t < MT; t++)
 #pragma unroll
@@ -533,28 +524,12 @@ __device__ __forceinline__ void qk(float s[MT][BC / 8][4], const bf16 *sa, int r
       }
     }
   }
-  if (DP % 16) { /* k tail of 8 (DP = 72) */
-    constexpr int k0 = DP / 16 * 16;
-    uint32_t a[MT][4];
-#pragma unroll
-    for (int t = 0; t < MT; t++) frag_a<LDS>(a[t], sa, ra + 16 * t, k0, lane);
-#pragma unroll
-    for (int n = 0; n < BC / 16; n++) {
-      uint32_t b[4];
-      frag_bt<LDS>(b, sb, n * 16, k0, lane);
-#pragma unroll
-      for (int t = 0; t < MT; t++) {
-        mma8(s[t][2 * n], a[t][0], a[t][1], b[0]);
-        mma8(s[t][2 * n + 1], a[t][0], a[t][1], b[2]);
-      }
-    }
-  }
 }
 /* acc (16 MT x DP per warp) += P (16 MT x BC, accumulator layout) . Z (BC x DP, shared) */
 template <int DP, int BC, int MT>
 __device__ __forceinline__ void pv(float acc[MT][DP / 8][4], const float p[MT][BC / 8][4],
                                    const bf16 *sz, int lane) {
-  constexpr int LDS = lds_of(DP);
+  constexpr int LDS = DP + 8;
 #pragma unroll
   for (int k = 0; k < BC / 16; k++) {
     uint32_t a[MT][4];
@@ -575,12 +550,6 @@ __device__ __forceinline__ void pv(float acc[MT][DP / 8][4], const float p[MT][B
         mma(acc[t][2 * n + 1], a[t], b[2], b[3]);
       }
     }
-    if (DP % 16) { /* the last n-tile of 8 (DP = 72) */
-      uint32_t b[4];
-      frag_b<LDS>(b, sz, k * 16, DP / 16 * 16, lane);
-#pragma unroll
-      for (int t = 0; t < MT; t++) mma(acc[t][DP / 8 - 1], a[t], b[0], b[1]);
-    }
   }
 }
 
@@ -588,7 +557,7 @@ template <int DP, int NW, int BC, int MT, int ST, int MB>
 __global__ void __launch_bounds__(NW * 32, MB)
     k_fwd(bf16 *out, float *lse, const bf16 *qkv, const int32_t *seg, int nseg, int T, int nh,
           int nkv, int hd, float sl2, int causal, int ntiles) {
-  constexpr int BR = NW * 16 * MT, LDS = lds_of(DP), NT = NW * 32;
+  constexpr int BR = NW * 16 * MT, LDS = DP + 8, NT = NW * 32;
   extern __shared__ __align__(16) unsigned char smem[];
   bf16 *sQ = (bf16 *)smem, *sK = sQ + BR * LDS, *sV = sK + ST * BC * LDS;
   const int h = blockIdx.x, g = h / (nh / nkv);
@@ -695,7 +664,7 @@ __global__ void __launch_bounds__(NW * 32, MB)
     k_dq(bf16 *dqkv, const bf16 *dout, const float *D, const float *lse, const bf16 *qkv,
          const int32_t *seg, int nseg, int T, int nh, int nkv, int hd, float scale, float sl2,
          int causal, int ntiles) {
-  constexpr int BR = NW * 16 * MT, LDS = lds_of(DP), NT = NW * 32;
+  constexpr int BR = NW * 16 * MT, LDS = DP + 8, NT = NW * 32;
   extern __shared__ __align__(16) unsigned char smem[];
   bf16 *sQ = (bf16 *)smem, *sO = sQ + BR * LDS, *sK = sO + BR * LDS, *sV = sK + ST * BC * LDS;
   const int h = blockIdx.x, g = h / (nh / nkv);
@@ -777,21 +746,23 @@ __global__ void __launch_bounds__(NW * 32, MB)
 
 /* dK/dV pass: rows = keys of kv head g; columns = queries of each q head of
  * the group that see them. */
-template <int DP, int NW, int BC, int MT, int ST, int MB, bool DQ>
+template <int DP, int NW, int BC, int MT, int ST, int MB, bool DQ, bool HS>
 __global__ void __launch_bounds__(NW * 32, MB)
-    k_dkv(bf16 *dqkv, float *dqa, const bf16 *dout, const float *D, const float *lse,
+    k_dkv(bf16 *dqkv, float *acc, int lda, const bf16 *dout, const float *D, const float *lse,
           const bf16 *qkv, const int32_t *seg, int nseg, int T, int nh, int nkv, int hd,
           float scale, float sl2, int causal) {
-  constexpr int BR = NW * 16 * MT, LDS = lds_of(DP), NT = NW * 32, LDSS = BC + 8;
+  constexpr int BR = NW * 16 * MT, LDS = DP + 8, NT = NW * 32, LDSS = BC + 8;
   extern __shared__ __align__(16) unsigned char smem[];
   bf16 *sK = (bf16 *)smem, *sV = sK + BR * LDS, *sQ = sV + BR * LDS, *sO = sQ + ST * BC * LDS;
   bf16 *sS = sO + ST * BC * LDS; /* DQ: dS (BR keys x BC queries), bf16 */
   float *sL = (float *)(sS + (DQ ? BR * LDSS : 0)), *sD = sL + ST * BC;
-  const int g = blockIdx.x, grp = nh / nkv;
+  /* HS: a block per q head (blockIdx.x), its kv head's dK/dV added into acc */
+  const int grp = nh / nkv, g = HS ? (int)blockIdx.x / grp : (int)blockIdx.x;
   int b, e, k0;
   if (!find_tile(seg, nseg, blockIdx.y, BR, b, e, k0)) return;
   const int W = (nh + 2 * nkv) * hd, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int qs = causal ? k0 : b, nq = (e - qs + BC - 1) / BC, nt = nq * grp;
+  const int qs = causal ? k0 : b, nq = (e - qs + BC - 1) / BC, nt = HS ? nq : nq * grp;
+  const int h0 = HS ? (int)blockIdx.x : g * grp; /* q head of step it: h0 + it / nq */
   /* DQ, bidirectional: blocks start at different query tiles, so that the
    * blocks of one head do not all add into the same dQ rows at once */
   const int rot = DQ && !causal ? (int)(blockIdx.y % nq) : 0;
@@ -799,7 +770,7 @@ __global__ void __launch_bounds__(NW * 32, MB)
   load_rows<BR, DP, NT>(sV, qkv + (size_t)k0 * W + (nh + nkv + g) * hd, W, e - k0, hd);
   auto stage = [&](int it) {
     const int st = it % ST;
-    const int h = g * grp + it / nq, i0 = qs + ((it + rot) % nq) * BC;
+    const int h = h0 + it / nq, i0 = qs + ((it + rot) % nq) * BC;
     load_rows<BC, DP, NT>(sQ + st * BC * LDS, qkv + (size_t)i0 * W + h * hd, W, e - i0, hd);
     load_rows<BC, DP, NT>(sO + st * BC * LDS, dout + (size_t)i0 * nh * hd + h * hd, (size_t)nh * hd, e - i0, hd);
     for (int c = threadIdx.x; c < BC; c += NT) {
@@ -869,10 +840,9 @@ __global__ void __launch_bounds__(NW * 32, MB)
     if (DQ) {
       /* dQ (BC queries x DP) += dS^T (BC x BR) K (BR x DP): warp w takes query
        * rows 16 (w % RT).. and columns CW (w / RT).., then adds its fp32
-       * results into dqa (scaled when converted) */
+       * results, scaled, into acc's q columns */
       constexpr int RT = BC / 16, CS = NW / RT, CW = DP / CS;
-      static_assert(NW % RT == 0 && CW % 8 == 0 && (CS == 1 || CW % 16 == 0),
-                    "dQ split of the tile among the warps");
+      static_assert(NW % RT == 0 && CW % 8 == 0, "dQ split of the tile among the warps");
       __syncthreads();
       const int m0 = (warp % RT) * 16, c0 = (warp / RT) * CW;
       float a[CW / 8][4];
@@ -896,16 +866,16 @@ __global__ void __launch_bounds__(NW * 32, MB)
           mma(a[CW / 8 - 1], fa, fb[0], fb[1]);
         }
       }
-      const int h = g * grp + it / nq;
+      const int h = h0 + it / nq;
 #pragma unroll
       for (int r = 0; r < 2; r++) {
         const int i = i0 + m0 + (lane >> 2) + 8 * r;
         if (i < e) {
-          float *d = dqa + ((size_t)i * nh + h) * hd;
+          float *d = acc + (size_t)i * lda + h * hd;
 #pragma unroll
           for (int n = 0; n < CW / 8; n++) {
             const int c = c0 + n * 8 + 2 * t4;
-            if (c < hd) red2(d + c, a[n][2 * r], a[n][2 * r + 1]);
+            if (c < hd) red2(d + c, scale * a[n][2 * r], scale * a[n][2 * r + 1]);
           }
         }
       }
@@ -918,6 +888,18 @@ __global__ void __launch_bounds__(NW * 32, MB)
     for (int r = 0; r < 2; r++) {
       const int j = row + 16 * t + r * 8;
       if (j >= e) continue;
+      if (HS) {
+        float *ak = acc + (size_t)j * lda + (nh + g) * hd, *av = acc + (size_t)j * lda + (nh + nkv + g) * hd;
+#pragma unroll
+        for (int n = 0; n < DP / 8; n++) {
+          const int c = n * 8 + 2 * t4;
+          if (c < hd) {
+            red2(ak + c, scale * dk[t][n][2 * r], scale * dk[t][n][2 * r + 1]);
+            red2(av + c, dv[t][n][2 * r], dv[t][n][2 * r + 1]);
+          }
+        }
+        continue;
+      }
       bf16 *pk = dqkv + (size_t)j * W + (nh + g) * hd, *pV = dqkv + (size_t)j * W + (nh + nkv + g) * hd;
 #pragma unroll
       for (int n = 0; n < DP / 8; n++) {
@@ -959,15 +941,15 @@ static int set_smem(K kernel, size_t bytes, const char *what) {
  * kernel is limited by latency at 8-12 resident warps per SM. */
 template <int DP> struct cfg_fwd {
   enum {
-    NW = DP == 80 || DP == 72 ? 8 : 4, MT = DP == 80 || DP == 72 ? 1 : 2,
-    BC = DP == 128 ? 32 : 64, ST = DP >= 72 ? 3 : 2, MB = DP == 80 || DP == 72 ? 2 : 1
+    NW = DP == 80 ? 8 : 4, MT = DP == 80 ? 1 : 2,
+    BC = DP == 128 ? 32 : 64, ST = DP >= 80 ? 3 : 2, MB = DP == 80 ? 2 : 1
   };
 };
 template <int DP> struct cfg_dq {
-  enum { NW = 4, MT = 2, BC = DP == 128 ? 16 : 32, ST = DP >= 72 ? 3 : 2, MB = 1 };
+  enum { NW = 4, MT = 2, BC = DP == 128 ? 16 : 32, ST = DP >= 80 ? 3 : 2, MB = 1 };
 };
 template <int DP> struct cfg_dkv {
-  enum { NW = 4, MT = 1, BC = DP == 128 ? 32 : 64, ST = DP == 80 || DP == 72 ? 3 : 2, MB = 1 };
+  enum { NW = 4, MT = 1, BC = DP == 128 ? 32 : 64, ST = DP == 80 ? 3 : 2, MB = 1 };
 };
 
 template <int DP>
@@ -975,7 +957,7 @@ static int forward(vl_ops *o, bf16 *out, float *lse, const bf16 *qkv, const int3
                    const int32_t *seg_host, int nseg, int T, int nh, int nkv, int hd, float scale,
                    int causal) {
   constexpr int NW = cfg_fwd<DP>::NW, MT = cfg_fwd<DP>::MT, BC = cfg_fwd<DP>::BC;
-  constexpr int BR = NW * 16 * MT, LDS = lds_of(DP);
+  constexpr int BR = NW * 16 * MT, LDS = DP + 8;
   const int nt = count_tiles(seg_host, nseg, BR);
   if (nt == 0) return VL_OK;
   constexpr int ST = cfg_fwd<DP>::ST, MB = cfg_fwd<DP>::MB;
@@ -991,7 +973,7 @@ template <int DP>
 static int backward(vl_ops *o, bf16 *dqkv, const bf16 *dout, const float *D, const float *lse,
                     const bf16 *qkv, const int32_t *seg, const int32_t *seg_host, int nseg, int T,
                     int nh, int nkv, int hd, float scale, int causal) {
-  constexpr int LDS = lds_of(DP);
+  constexpr int LDS = DP + 8;
   cudaStream_t st = vl_ctx(o)->stream;
   {
     constexpr int NW = cfg_dq<DP>::NW, MT = cfg_dq<DP>::MT, BC = cfg_dq<DP>::BC;
@@ -1011,59 +993,79 @@ static int backward(vl_ops *o, bf16 *dqkv, const bf16 *dout, const float *D, con
     const int nt = count_tiles(seg_host, nseg, BR);
     constexpr int ST = cfg_dkv<DP>::ST, MB = cfg_dkv<DP>::MB;
     const size_t sm = (size_t)(2 * BR + 2 * ST * BC) * LDS * sizeof(bf16) + 2 * ST * BC * sizeof(float);
-    VL_CALL(set_smem(k_dkv<DP, NW, BC, MT, ST, MB, false>, sm, "flash dK/dV"));
-    k_dkv<DP, NW, BC, MT, ST, MB, false><<<dim3(nkv, nt), NW * 32, sm, st>>>(
-        dqkv, NULL, dout, D, lse, qkv, seg, nseg, T, nh, nkv, hd, scale, scale * LOG2E, causal);
+    VL_CALL(set_smem(k_dkv<DP, NW, BC, MT, ST, MB, false, false>, sm, "flash dK/dV"));
+    k_dkv<DP, NW, BC, MT, ST, MB, false, false><<<dim3(nkv, nt), NW * 32, sm, st>>>(
+        dqkv, NULL, 0, dout, D, lse, qkv, seg, nseg, T, nh, nkv, hd, scale, scale * LOG2E, causal);
     LAUNCH_CHECK("flash attention dK/dV");
   }
   return VL_OK;
 }
 
-/* dqkv's q columns of rows [r0, r1) += scale dqa (fp32, T x nh x hd) */
-__global__ void k_dq_add(bf16 *dqkv, const float *dqa, int r0, int r1, int nh, int hd, int W,
-                         float scale) {
-  const int nc = nh * hd / 2; /* pairs per row (hd is even) */
-  const size_t n = (size_t)(r1 - r0) * nc;
+/* dqkv[i, c] += acc[i, c] for rows [r0, r1), columns [0, nc); dqkv rows are
+ * W long, acc rows nc */
+__global__ void k_acc_add(bf16 *dqkv, const float *acc, int r0, int r1, int nc, int W) {
+  const int np = nc / 2; /* pairs per row (hd is even) */
+  const size_t n = (size_t)(r1 - r0) * np;
   for (size_t k = blockIdx.x * (size_t)blockDim.x + threadIdx.x; k < n; k += (size_t)gridDim.x * blockDim.x) {
-    const int i = r0 + (int)(k / nc), c = 2 * (int)(k % nc);
-    const float2 a = *(const float2 *)(dqa + (size_t)i * nh * hd + c);
+    const int i = r0 + (int)(k / np), c = 2 * (int)(k % np);
+    const float2 a = *(const float2 *)(acc + (size_t)i * nc + c);
     bf16 *d = dqkv + (size_t)i * W + c;
     const __nv_bfloat162 old = *(const __nv_bfloat162 *)d;
-    *(uint32_t *)d = pack(__low2float(old) + scale * a.x, __high2float(old) + scale * a.y);
+    *(uint32_t *)d = pack(__low2float(old) + a.x, __high2float(old) + a.y);
   }
 }
 
 /* One pass (the default): dK/dV per key block as above, and dQ from the same
- * dS tiles (dQ += dS^T K in the block, fp32 vector reductions into a
- * zeroed T x nh x hd scratch, then added into dqkv): 5 products instead of
- * 7; fp32 additions in varying order, so not bitwise repeatable. */
+ * dS tiles (dQ += dS^T K in the block, fp32 vector reductions into a zeroed
+ * T x nh hd scratch, then added into dqkv): 5 products instead
+ * of 7; fp32 additions in varying order, so not bitwise repeatable.  With
+ * GQA (nh > nkv) a block takes one q head (not the kv head's whole group),
+ * so causal work splits into grp times finer pieces, and adds its dK/dV
+ * into the scratch too (then T x W, shaped like dqkv) (VL_ATTENTION_HEADSPLIT=0: a block per kv head, as in the
+ * two-pass form). */
+template <int DP, bool HS, int NW>
+static int backward_fused_launch(vl_ops *o, bf16 *dqkv, float *acc, int lda, const bf16 *dout,
+                                 const float *D, const float *lse, const bf16 *qkv,
+                                 const int32_t *seg, const int32_t *seg_host, int nseg, int T,
+                                 int nh, int nkv, int hd, float scale, int causal) {
+  constexpr int LDS = DP + 8;
+  constexpr int MT = cfg_dkv<DP>::MT, BC = cfg_dkv<DP>::BC;
+  constexpr int BR = NW * 16 * MT, ST = cfg_dkv<DP>::ST, MB = cfg_dkv<DP>::MB;
+  const int nt = count_tiles(seg_host, nseg, BR);
+  const size_t sm = (size_t)(2 * BR + 2 * ST * BC) * LDS * sizeof(bf16) +
+                    (size_t)BR * (BC + 8) * sizeof(bf16) + 2 * ST * BC * sizeof(float);
+  VL_CALL(set_smem(k_dkv<DP, NW, BC, MT, ST, MB, true, HS>, sm, "flash dK/dV/dQ"));
+  k_dkv<DP, NW, BC, MT, ST, MB, true, HS><<<dim3(HS ? nh : nkv, nt), NW * 32, sm, vl_ctx(o)->stream>>>(
+      dqkv, acc, lda, dout, D, lse, qkv, seg, nseg, T, nh, nkv, hd, scale, scale * LOG2E, causal);
+  LAUNCH_CHECK("flash attention dK/dV/dQ");
+  return VL_OK;
+}
+
 template <int DP>
 static int backward_fused(vl_ops *o, bf16 *dqkv, const bf16 *dout, const float *D,
                           const float *lse, const bf16 *qkv, const int32_t *seg,
                           const int32_t *seg_host, int nseg, int T, int nh, int nkv, int hd,
                           float scale, int causal) {
-  constexpr int LDS = lds_of(DP);
+  if (count_tiles(seg_host, nseg, 16) == 0) return VL_OK;
+  const char *env = getenv("VL_ATTENTION_HEADSPLIT");
+  const bool hs = nh > nkv && !(env && atoi(env) == 0);
+  env = getenv("VL_ATTENTION_DKV_NW"); /* warps per block (bench): 4 or 8 */
+  const bool nw8 = (DP == 80 || DP == 128) && env && atoi(env) == 8;
+  const int r0 = seg_host[0], r1 = seg_host[nseg], W = (nh + 2 * nkv) * hd, nc = hs ? W : nh * hd;
   cudaStream_t st = vl_ctx(o)->stream;
-  constexpr int NW = cfg_dkv<DP>::NW, MT = cfg_dkv<DP>::MT, BC = cfg_dkv<DP>::BC;
-  constexpr int BR = NW * 16 * MT, ST = cfg_dkv<DP>::ST, MB = cfg_dkv<DP>::MB;
-  const int nt = count_tiles(seg_host, nseg, BR);
-  if (nt == 0) return VL_OK;
-  const int r0 = seg_host[0], r1 = seg_host[nseg];
-  const size_t row = (size_t)nh * hd;
-  float *dqa;
-  VL_CALL(vl_cuda_scratch(o, VL_SCRATCH_A, (size_t)T * row * sizeof(float), (void **)&dqa));
-  CUDA_CHECK(cudaMemsetAsync(dqa + (size_t)r0 * row, 0, (size_t)(r1 - r0) * row * sizeof(float), st));
-  const size_t sm = (size_t)(2 * BR + 2 * ST * BC) * LDS * sizeof(bf16) +
-                    (size_t)BR * (BC + 8) * sizeof(bf16) + 2 * ST * BC * sizeof(float);
-  VL_CALL(set_smem(k_dkv<DP, NW, BC, MT, ST, MB, true>, sm, "flash dK/dV/dQ"));
-  k_dkv<DP, NW, BC, MT, ST, MB, true><<<dim3(nkv, nt), NW * 32, sm, st>>>(
-      dqkv, dqa, dout, D, lse, qkv, seg, nseg, T, nh, nkv, hd, scale, scale * LOG2E, causal);
-  LAUNCH_CHECK("flash attention dK/dV/dQ");
-  const int W = (nh + 2 * nkv) * hd;
-  const size_t pairs = (size_t)(r1 - r0) * row / 2;
+  float *acc;
+  VL_CALL(vl_cuda_scratch(o, VL_SCRATCH_A, (size_t)T * nc * sizeof(float), (void **)&acc));
+  CUDA_CHECK(cudaMemsetAsync(acc + (size_t)r0 * nc, 0, (size_t)(r1 - r0) * nc * sizeof(float), st));
+  constexpr int NW = cfg_dkv<DP>::NW, NW2 = DP == 80 || DP == 128 ? 8 : NW;
+#define VL_FUSED(HS, N) backward_fused_launch<DP, HS, N>(o, dqkv, acc, nc, dout, D, lse, qkv, seg, \
+                                                          seg_host, nseg, T, nh, nkv, hd, scale, causal)
+  if (hs) VL_CALL(nw8 ? VL_FUSED(true, NW2) : VL_FUSED(true, NW));
+  else VL_CALL(nw8 ? VL_FUSED(false, NW2) : VL_FUSED(false, NW));
+#undef VL_FUSED
+  const size_t pairs = (size_t)(r1 - r0) * nc / 2;
   const unsigned blocks = (unsigned)(pairs < (size_t)256 * 4096 ? vl_blocks(pairs, 256) : 4096);
-  k_dq_add<<<blocks, 256, 0, st>>>(dqkv, dqa, r0, r1, nh, hd, W, scale);
-  LAUNCH_CHECK("flash attention dQ add");
+  k_acc_add<<<blocks, 256, 0, st>>>(dqkv, acc, r0, r1, nc, W);
+  LAUNCH_CHECK("flash attention gradient add");
   return VL_OK;
 }
 
@@ -1072,10 +1074,6 @@ static int backward_fused(vl_ops *o, bf16 *dqkv, const bf16 *dout, const float *
 /* head_dim padded to an instantiated width (a multiple of 16), 0 = none */
 static int flash_width(int hd) {
   if (hd % 8 || hd > 128) return 0;
-  if (hd == 72) { /* Qwen vision: exact (k and n tails of 8), unless padded to 80 */
-    const char *env = getenv("VL_ATTENTION_PAD80");
-    return env && atoi(env) ? 80 : 72;
-  }
   return hd <= 16 ? 16 : hd <= 32 ? 32 : hd <= 64 ? 64 : hd <= 80 ? 80 : 128;
 }
 
@@ -1134,7 +1132,6 @@ static int cu_attn_forward(vl_ops *o, vl_t *out, float *lse, const vl_t *qkv, co
   case 16: return flash::forward<16>(o, (bf16 *)out, lse, (const bf16 *)qkv, seg, seg_host, nseg, T, nh, nkv, hd, scale, causal);
   case 32: return flash::forward<32>(o, (bf16 *)out, lse, (const bf16 *)qkv, seg, seg_host, nseg, T, nh, nkv, hd, scale, causal);
   case 64: return flash::forward<64>(o, (bf16 *)out, lse, (const bf16 *)qkv, seg, seg_host, nseg, T, nh, nkv, hd, scale, causal);
-  case 72: return flash::forward<72>(o, (bf16 *)out, lse, (const bf16 *)qkv, seg, seg_host, nseg, T, nh, nkv, hd, scale, causal);
   case 80: return flash::forward<80>(o, (bf16 *)out, lse, (const bf16 *)qkv, seg, seg_host, nseg, T, nh, nkv, hd, scale, causal);
   case 128: return flash::forward<128>(o, (bf16 *)out, lse, (const bf16 *)qkv, seg, seg_host, nseg, T, nh, nkv, hd, scale, causal);
   default: break;
@@ -1170,7 +1167,6 @@ static int cu_attn_backward(vl_ops *o, vl_t *dqkv, const vl_t *dout, const vl_t 
   case 16: return flash::backward_fused<16>(o, dX, dO, D, lse, X, seg, seg_host, nseg, T, nh, nkv, hd, scale, causal);
   case 32: return flash::backward_fused<32>(o, dX, dO, D, lse, X, seg, seg_host, nseg, T, nh, nkv, hd, scale, causal);
   case 64: return flash::backward_fused<64>(o, dX, dO, D, lse, X, seg, seg_host, nseg, T, nh, nkv, hd, scale, causal);
-  case 72: return flash::backward_fused<72>(o, dX, dO, D, lse, X, seg, seg_host, nseg, T, nh, nkv, hd, scale, causal);
   case 80: return flash::backward_fused<80>(o, dX, dO, D, lse, X, seg, seg_host, nseg, T, nh, nkv, hd, scale, causal);
   case 128: return flash::backward_fused<128>(o, dX, dO, D, lse, X, seg, seg_host, nseg, T, nh, nkv, hd, scale, causal);
   default: break;
@@ -1179,7 +1175,6 @@ static int cu_attn_backward(vl_ops *o, vl_t *dqkv, const vl_t *dout, const vl_t 
   case 16: return flash::backward<16>(o, dX, dO, D, lse, X, seg, seg_host, nseg, T, nh, nkv, hd, scale, causal);
   case 32: return flash::backward<32>(o, dX, dO, D, lse, X, seg, seg_host, nseg, T, nh, nkv, hd, scale, causal);
   case 64: return flash::backward<64>(o, dX, dO, D, lse, X, seg, seg_host, nseg, T, nh, nkv, hd, scale, causal);
-  case 72: return flash::backward<72>(o, dX, dO, D, lse, X, seg, seg_host, nseg, T, nh, nkv, hd, scale, causal);
   case 80: return flash::backward<80>(o, dX, dO, D, lse, X, seg, seg_host, nseg, T, nh, nkv, hd, scale, causal);
   case 128: return flash::backward<128>(o, dX, dO, D, lse, X, seg, seg_host, nseg, T, nh, nkv, hd, scale, causal);
   default: break;

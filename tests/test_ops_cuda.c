@@ -515,17 +515,18 @@ static void bench_attention_shape(const char *name, int T, int nh, int nkv, int 
   const double pairs = causal ? 0.5 * T * (T + 1.0) : (double)T * T;
   const double ffwd = 4.0 * nh * hd * pairs, fbwd = 2.5 * ffwd;
   const float sc = 1.0f / sqrtf((float)hd);
-  enum { NP = 4 };
+  enum { NP = 5 };
   float *oh[NP], *gh[NP]; /* out, and dqkv from one backward on zeros */
   for (int k = 0; k < NP; k++) oh[k] = malloc((size_t)T * nh * hd * 4), gh[k] = malloc(T * W * 4);
-  /* the flash path (one-pass backward, head_dim 72 unpadded); the same with
-   * head_dim 72 padded to 80; padded and with the two-pass deterministic
-   * backward (the flash path before both changes); the older path
-   * (VL_ATTENTION_FLASH=0) */
-  static const char *const pname[NP] = {"flash", "flash-p80", "flash2-p80", NULL};
+  /* the flash path (one-pass backward, a block per q head with GQA); the
+   * same with a block per kv head (VL_ATTENTION_HEADSPLIT=0); the two-pass
+   * deterministic backward (VL_ATTENTION_DETERMINISTIC=1, the flash path
+   * before the one-pass form); the older path (VL_ATTENTION_FLASH=0) */
+  static const char *const pname[NP] = {"flash", "flash-nw8", "flash-kvh", "flash2", NULL};
   for (int path = 0; path < NP; path++) {
-    if (path >= 1) setenv("VL_ATTENTION_PAD80", "1", 1);
-    if (path == 2) setenv("VL_ATTENTION_DETERMINISTIC", "1", 1);
+    if (path == 1) setenv("VL_ATTENTION_DKV_NW", "8", 1);
+    if (path == 2) setenv("VL_ATTENTION_HEADSPLIT", "0", 1);
+    if (path == 3) setenv("VL_ATTENTION_DETERMINISTIC", "1", 1);
     if (path == NP - 1) setenv("VL_ATTENTION_FLASH", "0", 1);
     const char *pn = pname[path] ? pname[path] : att_path(seg, 1, hd);
     double tf[20], tb[20];
@@ -545,6 +546,17 @@ static void bench_attention_shape(const char *name, int T, int nh, int nkv, int 
     CHECK(gpu->attention_backward(gpu, dx, dy, out, lse, qkv, sg.g, seg, 1, T, nh, nkv, hd, sc, causal) == VL_OK,
           "bench %s: %s", name, vl_err_last());
     gpu->get(gpu, gh[path], dx, T * W);
+    { /* the same backward again: bitwise repeatable or not */
+      float *g2 = malloc(T * W * 4);
+      gpu->zero(gpu, dx, T * W * 2);
+      CHECK(gpu->attention_backward(gpu, dx, dy, out, lse, qkv, sg.g, seg, 1, T, nh, nkv, hd, sc, causal) == VL_OK,
+            "bench %s: %s", name, vl_err_last());
+      gpu->get(gpu, g2, dx, T * W);
+      const int same = memcmp(g2, gh[path], T * W * 4) == 0;
+      printf("bench %-7s %-10s backward twice: %s\n", name, pn, same ? "bitwise equal" : "differs (fp32 reduction order)");
+      if (path == 3) CHECK(same, "bench %s: the deterministic backward is not repeatable", name);
+      free(g2);
+    }
     qsort(tf, 20, sizeof(double), cmp_double);
     qsort(tb, 20, sizeof(double), cmp_double);
     printf("bench %-7s %-10s T%d h%d/%d d%d %s: forward %8.3f ms %6.1f TFLOP/s   backward %8.3f ms %6.1f TFLOP/s\n",
@@ -552,7 +564,8 @@ static void bench_attention_shape(const char *name, int T, int nh, int nkv, int 
            tb[10], fbwd / tb[10] * 1e-9);
     unsetenv("VL_ATTENTION_FLASH");
     unsetenv("VL_ATTENTION_DETERMINISTIC");
-    unsetenv("VL_ATTENTION_PAD80");
+    unsetenv("VL_ATTENTION_HEADSPLIT");
+    unsetenv("VL_ATTENTION_DKV_NW");
   }
   for (int k = 0; k < NP - 1; k++) {
     double e = rel_err_f32(oh[k], oh[NP - 1], (size_t)T * nh * hd);
@@ -638,11 +651,19 @@ int main(void) {
   test_attention(777, 4, 4, 1, 128, 0);
   test_attention(129, 3, 2, 1, 8, 1);
   test_attention_partial(2, 1);
-  setenv("VL_ATTENTION_PAD80", "1", 1); /* head_dim 72 padded to 80 */
-  test_attention(2000, 5, 8, 2, 72, 1);
   unsetenv("VL_ATTENTION_DETERMINISTIC");
+  /* the one-pass backward with GQA and a block per kv head (not per q head) */
+  setenv("VL_ATTENTION_HEADSPLIT", "0", 1);
+  test_attention(3000, 1, 8, 2, 128, 1);
+  test_attention(2000, 5, 8, 2, 72, 1);
+  test_attention_partial(2, 1);
+  unsetenv("VL_ATTENTION_HEADSPLIT");
+  setenv("VL_ATTENTION_DKV_NW", "8", 1); /* 8 warps per dK/dV block (head_dim 80, 128) */
+  test_attention(3000, 1, 8, 2, 128, 1);
+  test_attention(2000, 5, 8, 2, 72, 1);
+  test_attention(777, 4, 4, 1, 128, 0);
   test_attention(2500, 1, 4, 4, 72, 0);
-  unsetenv("VL_ATTENTION_PAD80");
+  unsetenv("VL_ATTENTION_DKV_NW");
   test_attention_partial(0, 1);
   test_attention_partial(1, 0);
   test_attention_partial(2, 1);
