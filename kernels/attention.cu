@@ -10,8 +10,10 @@
  *     memory; forward and the dQ pass query-major (a warp per query row),
  *     the dK/dV pass key-major (a warp per key row), so no atomics.
  * VL_ATTENTION_FLASH=0 turns the flash path off; VL_ATTENTION_GEMM=0/1
- * forces cores/gemm.  Rows outside [seg[0], seg[nseg]) are neither written
- * nor given gradients (ops.h); dqkv NULL skips the backward. */
+ * forces cores/gemm; VL_ATTENTION_DETERMINISTIC=1 makes the flash backward
+ * bitwise repeatable (two passes, slower).  Rows outside [seg[0],
+ * seg[nseg]) are neither written nor given gradients (ops.h); dqkv NULL
+ * skips the backward. */
 #include <stdlib.h>
 
 #include "cuda_common.h"
@@ -955,18 +957,28 @@ template <int DP> struct cfg_dkv {
 template <int DP>
 static int forward(vl_ops *o, bf16 *out, float *lse, const bf16 *qkv, const int32_t *seg,
                    const int32_t *seg_host, int nseg, int T, int nh, int nkv, int hd, float scale,
-                   int causal) {
-  constexpr int NW = cfg_fwd<DP>::NW, MT = cfg_fwd<DP>::MT, BC = cfg_fwd<DP>::BC;
+                   int causal);
+template <int DP, int NW, int MT, int BC, int ST, int MB>
+static int forward_launch(vl_ops *o, bf16 *out, float *lse, const bf16 *qkv, const int32_t *seg,
+                          const int32_t *seg_host, int nseg, int T, int nh, int nkv, int hd,
+                          float scale, int causal) {
   constexpr int BR = NW * 16 * MT, LDS = DP + 8;
   const int nt = count_tiles(seg_host, nseg, BR);
   if (nt == 0) return VL_OK;
-  constexpr int ST = cfg_fwd<DP>::ST, MB = cfg_fwd<DP>::MB;
   const size_t sm = (size_t)(BR + 2 * ST * BC) * LDS * sizeof(bf16);
   VL_CALL(set_smem(k_fwd<DP, NW, BC, MT, ST, MB>, sm, "flash forward"));
   k_fwd<DP, NW, BC, MT, ST, MB><<<dim3(nh, nt), NW * 32, sm, vl_ctx(o)->stream>>>(
       out, lse, qkv, seg, nseg, T, nh, nkv, hd, scale * LOG2E, causal, nt);
   LAUNCH_CHECK("flash attention forward");
   return VL_OK;
+}
+template <int DP>
+static int forward(vl_ops *o, bf16 *out, float *lse, const bf16 *qkv, const int32_t *seg,
+                   const int32_t *seg_host, int nseg, int T, int nh, int nkv, int hd, float scale,
+                   int causal) {
+  return forward_launch<DP, cfg_fwd<DP>::NW, cfg_fwd<DP>::MT, cfg_fwd<DP>::BC, cfg_fwd<DP>::ST,
+                        cfg_fwd<DP>::MB>(o, out, lse, qkv, seg, seg_host, nseg, T, nh, nkv, hd,
+                                         scale, causal);
 }
 
 template <int DP>
@@ -1023,14 +1035,13 @@ __global__ void k_acc_add(bf16 *dqkv, const float *acc, int r0, int r1, int nc, 
  * so causal work splits into grp times finer pieces, and adds its dK/dV
  * into the scratch too (then T x W, shaped like dqkv) (VL_ATTENTION_HEADSPLIT=0: a block per kv head, as in the
  * two-pass form). */
-template <int DP, bool HS, int NW>
+template <int DP, bool HS, int NW, int BC, int MB>
 static int backward_fused_launch(vl_ops *o, bf16 *dqkv, float *acc, int lda, const bf16 *dout,
                                  const float *D, const float *lse, const bf16 *qkv,
                                  const int32_t *seg, const int32_t *seg_host, int nseg, int T,
                                  int nh, int nkv, int hd, float scale, int causal) {
   constexpr int LDS = DP + 8;
-  constexpr int MT = cfg_dkv<DP>::MT, BC = cfg_dkv<DP>::BC;
-  constexpr int BR = NW * 16 * MT, ST = cfg_dkv<DP>::ST, MB = cfg_dkv<DP>::MB;
+  constexpr int MT = cfg_dkv<DP>::MT, BR = NW * 16 * MT, ST = cfg_dkv<DP>::ST;
   const int nt = count_tiles(seg_host, nseg, BR);
   const size_t sm = (size_t)(2 * BR + 2 * ST * BC) * LDS * sizeof(bf16) +
                     (size_t)BR * (BC + 8) * sizeof(bf16) + 2 * ST * BC * sizeof(float);
@@ -1049,19 +1060,18 @@ static int backward_fused(vl_ops *o, bf16 *dqkv, const bf16 *dout, const float *
   if (count_tiles(seg_host, nseg, 16) == 0) return VL_OK;
   const char *env = getenv("VL_ATTENTION_HEADSPLIT");
   const bool hs = nh > nkv && !(env && atoi(env) == 0);
-  env = getenv("VL_ATTENTION_DKV_NW"); /* warps per block (bench): 4 or 8 */
-  const bool nw8 = (DP == 80 || DP == 128) && env && atoi(env) == 8;
   const int r0 = seg_host[0], r1 = seg_host[nseg], W = (nh + 2 * nkv) * hd, nc = hs ? W : nh * hd;
   cudaStream_t st = vl_ctx(o)->stream;
   float *acc;
   VL_CALL(vl_cuda_scratch(o, VL_SCRATCH_A, (size_t)T * nc * sizeof(float), (void **)&acc));
   CUDA_CHECK(cudaMemsetAsync(acc + (size_t)r0 * nc, 0, (size_t)(r1 - r0) * nc * sizeof(float), st));
-  constexpr int NW = cfg_dkv<DP>::NW, NW2 = DP == 80 || DP == 128 ? 8 : NW;
-#define VL_FUSED(HS, N) backward_fused_launch<DP, HS, N>(o, dqkv, acc, nc, dout, D, lse, qkv, seg, \
-                                                          seg_host, nseg, T, nh, nkv, hd, scale, causal)
-  if (hs) VL_CALL(nw8 ? VL_FUSED(true, NW2) : VL_FUSED(true, NW));
-  else VL_CALL(nw8 ? VL_FUSED(false, NW2) : VL_FUSED(false, NW));
-#undef VL_FUSED
+  constexpr int NW = cfg_dkv<DP>::NW, BC = cfg_dkv<DP>::BC, MB = cfg_dkv<DP>::MB;
+  if (hs)
+    VL_CALL((backward_fused_launch<DP, true, NW, BC, MB>(o, dqkv, acc, nc, dout, D, lse, qkv, seg,
+                                                         seg_host, nseg, T, nh, nkv, hd, scale, causal)));
+  else
+    VL_CALL((backward_fused_launch<DP, false, NW, BC, MB>(o, dqkv, acc, nc, dout, D, lse, qkv, seg,
+                                                          seg_host, nseg, T, nh, nkv, hd, scale, causal)));
   const size_t pairs = (size_t)(r1 - r0) * nc / 2;
   const unsigned blocks = (unsigned)(pairs < (size_t)256 * 4096 ? vl_blocks(pairs, 256) : 4096);
   k_acc_add<<<blocks, 256, 0, st>>>(dqkv, acc, r0, r1, nc, W);
