@@ -10,8 +10,10 @@
  *     memory; forward and the dQ pass query-major (a warp per query row),
  *     the dK/dV pass key-major (a warp per key row), so no atomics.
  * VL_ATTENTION_FLASH=0 turns the flash path off; VL_ATTENTION_GEMM=0/1
- * forces cores/gemm.  Rows outside [seg[0], seg[nseg]) are neither written
- * nor given gradients (ops.h); dqkv NULL skips the backward. */
+ * forces cores/gemm; VL_ATTENTION_DETERMINISTIC=1 makes the flash backward
+ * bitwise repeatable (two passes, slower).  Rows outside [seg[0],
+ * seg[nseg]) are neither written nor given gradients (ops.h); dqkv NULL
+ * skips the backward. */
 #include <stdlib.h>
 
 #include "cuda_common.h"
@@ -389,9 +391,14 @@ static int attn_gemm_backward(vl_ops *o, bf16 *dqkv, const bf16 *dout, const flo
  *            D = rowsum(dO o O); dQ += dS K.
  *   dK, dV:  rows = keys of one kv head, columns = queries of each q head of
  *            its group; dV += P^T dO, dK += dS^T Q.
- * Separate dQ and dK/dV passes cost two extra products (7 instead of 5) but
- * need no atomics and no fp32 dQ buffer, and are deterministic.  head_dim is
- * padded to DP (a multiple of 16) with zeros in shared memory.  Taken when
+ * The backward by default runs the dK/dV pass alone and takes dQ from the
+ * same dS tiles (dQ += dS^T K, fp32 reductions into a scratch; see
+ * backward_fused): 5 products, not bitwise repeatable.
+ * VL_ATTENTION_DETERMINISTIC=1 runs separate dQ and dK/dV passes instead:
+ * two extra products (7 instead of 5), no atomics, no fp32 buffer, bitwise
+ * repeatable.  head_dim is padded to DP (a multiple of 16) with zeros in
+ * shared memory (72 -> 80 for the vision tower: the exact width through
+ * m16n8k8 tails was measured no faster, H100).  Taken when
  * head_dim % 8 == 0, head_dim <= 128 and the tensors are 16-byte aligned;
  * VL_ATTENTION_FLASH=0 (or VL_ATTENTION_GEMM set) selects the older paths. */
 namespace flash {
@@ -433,6 +440,16 @@ __device__ __forceinline__ float ex2(float x) {
   float y;
   asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
   return y;
+}
+
+/* *p += (x, y), two fp32 adds in one vector reduction (sm_90) */
+__device__ __forceinline__ void red2(float *p, float x, float y) {
+#if __CUDA_ARCH__ >= 900
+  asm volatile("red.global.add.v2.f32 [%0], {%1, %2};\n" ::"l"(p), "f"(x), "f"(y) : "memory");
+#else
+  atomicAdd(p, x);
+  atomicAdd(p + 1, y);
+#endif
 }
 
 /* ROWS rows of a DP-wide zero-padded tile from global rows ld elements apart;
@@ -731,25 +748,31 @@ __global__ void __launch_bounds__(NW * 32, MB)
 
 /* dK/dV pass: rows = keys of kv head g; columns = queries of each q head of
  * the group that see them. */
-template <int DP, int NW, int BC, int MT, int ST, int MB>
+template <int DP, int NW, int BC, int MT, int ST, int MB, bool DQ, bool HS>
 __global__ void __launch_bounds__(NW * 32, MB)
-    k_dkv(bf16 *dqkv, const bf16 *dout, const float *D, const float *lse, const bf16 *qkv,
-          const int32_t *seg, int nseg, int T, int nh, int nkv, int hd, float scale, float sl2,
-          int causal) {
-  constexpr int BR = NW * 16 * MT, LDS = DP + 8, NT = NW * 32;
+    k_dkv(bf16 *dqkv, float *acc, int lda, const bf16 *dout, const float *D, const float *lse,
+          const bf16 *qkv, const int32_t *seg, int nseg, int T, int nh, int nkv, int hd,
+          float scale, float sl2, int causal) {
+  constexpr int BR = NW * 16 * MT, LDS = DP + 8, NT = NW * 32, LDSS = BC + 8;
   extern __shared__ __align__(16) unsigned char smem[];
   bf16 *sK = (bf16 *)smem, *sV = sK + BR * LDS, *sQ = sV + BR * LDS, *sO = sQ + ST * BC * LDS;
-  float *sL = (float *)(sO + ST * BC * LDS), *sD = sL + ST * BC;
-  const int g = blockIdx.x, grp = nh / nkv;
+  bf16 *sS = sO + ST * BC * LDS; /* DQ: dS (BR keys x BC queries), bf16 */
+  float *sL = (float *)(sS + (DQ ? BR * LDSS : 0)), *sD = sL + ST * BC;
+  /* HS: a block per q head (blockIdx.x), its kv head's dK/dV added into acc */
+  const int grp = nh / nkv, g = HS ? (int)blockIdx.x / grp : (int)blockIdx.x;
   int b, e, k0;
   if (!find_tile(seg, nseg, blockIdx.y, BR, b, e, k0)) return;
   const int W = (nh + 2 * nkv) * hd, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int qs = causal ? k0 : b, nq = (e - qs + BC - 1) / BC, nt = nq * grp;
+  const int qs = causal ? k0 : b, nq = (e - qs + BC - 1) / BC, nt = HS ? nq : nq * grp;
+  const int h0 = HS ? (int)blockIdx.x : g * grp; /* q head of step it: h0 + it / nq */
+  /* DQ, bidirectional: blocks start at different query tiles, so that the
+   * blocks of one head do not all add into the same dQ rows at once */
+  const int rot = DQ && !causal ? (int)(blockIdx.y % nq) : 0;
   load_rows<BR, DP, NT>(sK, qkv + (size_t)k0 * W + (nh + g) * hd, W, e - k0, hd);
   load_rows<BR, DP, NT>(sV, qkv + (size_t)k0 * W + (nh + nkv + g) * hd, W, e - k0, hd);
   auto stage = [&](int it) {
     const int st = it % ST;
-    const int h = g * grp + it / nq, i0 = qs + (it % nq) * BC;
+    const int h = h0 + it / nq, i0 = qs + ((it + rot) % nq) * BC;
     load_rows<BC, DP, NT>(sQ + st * BC * LDS, qkv + (size_t)i0 * W + h * hd, W, e - i0, hd);
     load_rows<BC, DP, NT>(sO + st * BC * LDS, dout + (size_t)i0 * nh * hd + h * hd, (size_t)nh * hd, e - i0, hd);
     for (int c = threadIdx.x; c < BC; c += NT) {
@@ -772,7 +795,7 @@ __global__ void __launch_bounds__(NW * 32, MB)
 #pragma unroll
       for (int c = 0; c < 4; c++) dk[t][n][c] = dv[t][n][c] = 0.0f;
   for (int it = 0; it < nt; it++) {
-    const int st = it % ST, i0 = qs + (it % nq) * BC;
+    const int st = it % ST, i0 = qs + ((it + rot) % nq) * BC;
     if (it + ST - 1 < nt) stage(it + ST - 1);
     cp_commit();
     cp_wait<ST - 1>();
@@ -797,6 +820,67 @@ __global__ void __launch_bounds__(NW * 32, MB)
           }
       pv<DP, BC, MT>(dv, s, dO, lane);
       pv<DP, BC, MT>(dk, dp, q, lane);
+      if (DQ) /* this warp's rows of dS, for dQ below */
+#pragma unroll
+        for (int t = 0; t < MT; t++)
+#pragma unroll
+          for (int n = 0; n < BC / 8; n++) {
+            bf16 *d = sS + (warp * 16 * MT + 16 * t + (lane >> 2)) * LDSS + n * 8 + 2 * t4;
+            *(uint32_t *)d = pack(dp[t][n][0], dp[t][n][1]);
+            *(uint32_t *)(d + 8 * LDSS) = pack(dp[t][n][2], dp[t][n][3]);
+          }
+    } else if (DQ) { /* no query of the tile sees this warp's keys: dS = 0 */
+#pragma unroll
+      for (int t = 0; t < MT; t++)
+#pragma unroll
+        for (int n = 0; n < BC / 8; n++) {
+          bf16 *d = sS + (warp * 16 * MT + 16 * t + (lane >> 2)) * LDSS + n * 8 + 2 * t4;
+          *(uint32_t *)d = 0u;
+          *(uint32_t *)(d + 8 * LDSS) = 0u;
+        }
+    }
+    if (DQ) {
+      /* dQ (BC queries x DP) += dS^T (BC x BR) K (BR x DP): warp w takes query
+       * rows 16 (w % RT).. and columns CW (w / RT).., then adds its fp32
+       * results, scaled, into acc's q columns */
+      constexpr int RT = BC / 16, CS = NW / RT, CW = DP / CS;
+      static_assert(NW % RT == 0 && CW % 8 == 0, "dQ split of the tile among the warps");
+      __syncthreads();
+      const int m0 = (warp % RT) * 16, c0 = (warp / RT) * CW;
+      float a[CW / 8][4];
+#pragma unroll
+      for (int n = 0; n < CW / 8; n++) a[n][0] = a[n][1] = a[n][2] = a[n][3] = 0.0f;
+      const int mi = lane >> 3, rr = lane & 7;
+#pragma unroll
+      for (int k = 0; k < BR / 16; k++) {
+        uint32_t fa[4];
+        ldsm4t(fa, sS + (k * 16 + (mi >> 1) * 8 + rr) * LDSS + m0 + (mi & 1) * 8);
+#pragma unroll
+        for (int n = 0; n < CW / 16; n++) {
+          uint32_t fb[4];
+          frag_b<LDS>(fb, sK, k * 16, c0 + n * 16, lane);
+          mma(a[2 * n], fa, fb[0], fb[1]);
+          mma(a[2 * n + 1], fa, fb[2], fb[3]);
+        }
+        if (CW % 16) {
+          uint32_t fb[4];
+          frag_b<LDS>(fb, sK, k * 16, c0 + CW / 16 * 16, lane);
+          mma(a[CW / 8 - 1], fa, fb[0], fb[1]);
+        }
+      }
+      const int h = h0 + it / nq;
+#pragma unroll
+      for (int r = 0; r < 2; r++) {
+        const int i = i0 + m0 + (lane >> 2) + 8 * r;
+        if (i < e) {
+          float *d = acc + (size_t)i * lda + h * hd;
+#pragma unroll
+          for (int n = 0; n < CW / 8; n++) {
+            const int c = c0 + n * 8 + 2 * t4;
+            if (c < hd) red2(d + c, scale * a[n][2 * r], scale * a[n][2 * r + 1]);
+          }
+        }
+      }
     }
     __syncthreads();
   }
@@ -806,6 +890,18 @@ __global__ void __launch_bounds__(NW * 32, MB)
     for (int r = 0; r < 2; r++) {
       const int j = row + 16 * t + r * 8;
       if (j >= e) continue;
+      if (HS) {
+        float *ak = acc + (size_t)j * lda + (nh + g) * hd, *av = acc + (size_t)j * lda + (nh + nkv + g) * hd;
+#pragma unroll
+        for (int n = 0; n < DP / 8; n++) {
+          const int c = n * 8 + 2 * t4;
+          if (c < hd) {
+            red2(ak + c, scale * dk[t][n][2 * r], scale * dk[t][n][2 * r + 1]);
+            red2(av + c, dv[t][n][2 * r], dv[t][n][2 * r + 1]);
+          }
+        }
+        continue;
+      }
       bf16 *pk = dqkv + (size_t)j * W + (nh + g) * hd, *pV = dqkv + (size_t)j * W + (nh + nkv + g) * hd;
 #pragma unroll
       for (int n = 0; n < DP / 8; n++) {
@@ -847,8 +943,8 @@ static int set_smem(K kernel, size_t bytes, const char *what) {
  * kernel is limited by latency at 8-12 resident warps per SM. */
 template <int DP> struct cfg_fwd {
   enum {
-    NW = DP == 80 ? 8 : 4, MT = DP == 80 ? 1 : 2, BC = DP == 128 ? 32 : 64,
-    ST = DP >= 80 ? 3 : 2, MB = DP == 80 ? 2 : 1
+    NW = DP == 80 ? 8 : 4, MT = DP == 80 ? 1 : 2,
+    BC = DP == 128 ? 32 : 64, ST = DP >= 80 ? 3 : 2, MB = DP == 80 ? 2 : 1
   };
 };
 template <int DP> struct cfg_dq {
@@ -861,18 +957,28 @@ template <int DP> struct cfg_dkv {
 template <int DP>
 static int forward(vl_ops *o, bf16 *out, float *lse, const bf16 *qkv, const int32_t *seg,
                    const int32_t *seg_host, int nseg, int T, int nh, int nkv, int hd, float scale,
-                   int causal) {
-  constexpr int NW = cfg_fwd<DP>::NW, MT = cfg_fwd<DP>::MT, BC = cfg_fwd<DP>::BC;
+                   int causal);
+template <int DP, int NW, int MT, int BC, int ST, int MB>
+static int forward_launch(vl_ops *o, bf16 *out, float *lse, const bf16 *qkv, const int32_t *seg,
+                          const int32_t *seg_host, int nseg, int T, int nh, int nkv, int hd,
+                          float scale, int causal) {
   constexpr int BR = NW * 16 * MT, LDS = DP + 8;
   const int nt = count_tiles(seg_host, nseg, BR);
   if (nt == 0) return VL_OK;
-  constexpr int ST = cfg_fwd<DP>::ST, MB = cfg_fwd<DP>::MB;
   const size_t sm = (size_t)(BR + 2 * ST * BC) * LDS * sizeof(bf16);
   VL_CALL(set_smem(k_fwd<DP, NW, BC, MT, ST, MB>, sm, "flash forward"));
   k_fwd<DP, NW, BC, MT, ST, MB><<<dim3(nh, nt), NW * 32, sm, vl_ctx(o)->stream>>>(
       out, lse, qkv, seg, nseg, T, nh, nkv, hd, scale * LOG2E, causal, nt);
   LAUNCH_CHECK("flash attention forward");
   return VL_OK;
+}
+template <int DP>
+static int forward(vl_ops *o, bf16 *out, float *lse, const bf16 *qkv, const int32_t *seg,
+                   const int32_t *seg_host, int nseg, int T, int nh, int nkv, int hd, float scale,
+                   int causal) {
+  return forward_launch<DP, cfg_fwd<DP>::NW, cfg_fwd<DP>::MT, cfg_fwd<DP>::BC, cfg_fwd<DP>::ST,
+                        cfg_fwd<DP>::MB>(o, out, lse, qkv, seg, seg_host, nseg, T, nh, nkv, hd,
+                                         scale, causal);
 }
 
 template <int DP>
@@ -899,11 +1005,77 @@ static int backward(vl_ops *o, bf16 *dqkv, const bf16 *dout, const float *D, con
     const int nt = count_tiles(seg_host, nseg, BR);
     constexpr int ST = cfg_dkv<DP>::ST, MB = cfg_dkv<DP>::MB;
     const size_t sm = (size_t)(2 * BR + 2 * ST * BC) * LDS * sizeof(bf16) + 2 * ST * BC * sizeof(float);
-    VL_CALL(set_smem(k_dkv<DP, NW, BC, MT, ST, MB>, sm, "flash dK/dV"));
-    k_dkv<DP, NW, BC, MT, ST, MB><<<dim3(nkv, nt), NW * 32, sm, st>>>(
-        dqkv, dout, D, lse, qkv, seg, nseg, T, nh, nkv, hd, scale, scale * LOG2E, causal);
+    VL_CALL(set_smem(k_dkv<DP, NW, BC, MT, ST, MB, false, false>, sm, "flash dK/dV"));
+    k_dkv<DP, NW, BC, MT, ST, MB, false, false><<<dim3(nkv, nt), NW * 32, sm, st>>>(
+        dqkv, NULL, 0, dout, D, lse, qkv, seg, nseg, T, nh, nkv, hd, scale, scale * LOG2E, causal);
     LAUNCH_CHECK("flash attention dK/dV");
   }
+  return VL_OK;
+}
+
+/* dqkv[i, c] += acc[i, c] for rows [r0, r1), columns [0, nc); dqkv rows are
+ * W long, acc rows nc */
+__global__ void k_acc_add(bf16 *dqkv, const float *acc, int r0, int r1, int nc, int W) {
+  const int np = nc / 2; /* pairs per row (hd is even) */
+  const size_t n = (size_t)(r1 - r0) * np;
+  for (size_t k = blockIdx.x * (size_t)blockDim.x + threadIdx.x; k < n; k += (size_t)gridDim.x * blockDim.x) {
+    const int i = r0 + (int)(k / np), c = 2 * (int)(k % np);
+    const float2 a = *(const float2 *)(acc + (size_t)i * nc + c);
+    bf16 *d = dqkv + (size_t)i * W + c;
+    const __nv_bfloat162 old = *(const __nv_bfloat162 *)d;
+    *(uint32_t *)d = pack(__low2float(old) + a.x, __high2float(old) + a.y);
+  }
+}
+
+/* One pass (the default): dK/dV per key block as above, and dQ from the same
+ * dS tiles (dQ += dS^T K in the block, fp32 vector reductions into a zeroed
+ * T x nh hd scratch, then added into dqkv): 5 products instead
+ * of 7; fp32 additions in varying order, so not bitwise repeatable.  With
+ * GQA (nh > nkv) a block takes one q head (not the kv head's whole group),
+ * so causal work splits into grp times finer pieces, and adds its dK/dV
+ * into the scratch too (then T x W, shaped like dqkv) (VL_ATTENTION_HEADSPLIT=0: a block per kv head, as in the
+ * two-pass form). */
+template <int DP, bool HS, int NW, int BC, int MB>
+static int backward_fused_launch(vl_ops *o, bf16 *dqkv, float *acc, int lda, const bf16 *dout,
+                                 const float *D, const float *lse, const bf16 *qkv,
+                                 const int32_t *seg, const int32_t *seg_host, int nseg, int T,
+                                 int nh, int nkv, int hd, float scale, int causal) {
+  constexpr int LDS = DP + 8;
+  constexpr int MT = cfg_dkv<DP>::MT, BR = NW * 16 * MT, ST = cfg_dkv<DP>::ST;
+  const int nt = count_tiles(seg_host, nseg, BR);
+  const size_t sm = (size_t)(2 * BR + 2 * ST * BC) * LDS * sizeof(bf16) +
+                    (size_t)BR * (BC + 8) * sizeof(bf16) + 2 * ST * BC * sizeof(float);
+  VL_CALL(set_smem(k_dkv<DP, NW, BC, MT, ST, MB, true, HS>, sm, "flash dK/dV/dQ"));
+  k_dkv<DP, NW, BC, MT, ST, MB, true, HS><<<dim3(HS ? nh : nkv, nt), NW * 32, sm, vl_ctx(o)->stream>>>(
+      dqkv, acc, lda, dout, D, lse, qkv, seg, nseg, T, nh, nkv, hd, scale, scale * LOG2E, causal);
+  LAUNCH_CHECK("flash attention dK/dV/dQ");
+  return VL_OK;
+}
+
+template <int DP>
+static int backward_fused(vl_ops *o, bf16 *dqkv, const bf16 *dout, const float *D,
+                          const float *lse, const bf16 *qkv, const int32_t *seg,
+                          const int32_t *seg_host, int nseg, int T, int nh, int nkv, int hd,
+                          float scale, int causal) {
+  if (count_tiles(seg_host, nseg, 16) == 0) return VL_OK;
+  const char *env = getenv("VL_ATTENTION_HEADSPLIT");
+  const bool hs = nh > nkv && !(env && atoi(env) == 0);
+  const int r0 = seg_host[0], r1 = seg_host[nseg], W = (nh + 2 * nkv) * hd, nc = hs ? W : nh * hd;
+  cudaStream_t st = vl_ctx(o)->stream;
+  float *acc;
+  VL_CALL(vl_cuda_scratch(o, VL_SCRATCH_A, (size_t)T * nc * sizeof(float), (void **)&acc));
+  CUDA_CHECK(cudaMemsetAsync(acc + (size_t)r0 * nc, 0, (size_t)(r1 - r0) * nc * sizeof(float), st));
+  constexpr int NW = cfg_dkv<DP>::NW, BC = cfg_dkv<DP>::BC, MB = cfg_dkv<DP>::MB;
+  if (hs)
+    VL_CALL((backward_fused_launch<DP, true, NW, BC, MB>(o, dqkv, acc, nc, dout, D, lse, qkv, seg,
+                                                         seg_host, nseg, T, nh, nkv, hd, scale, causal)));
+  else
+    VL_CALL((backward_fused_launch<DP, false, NW, BC, MB>(o, dqkv, acc, nc, dout, D, lse, qkv, seg,
+                                                          seg_host, nseg, T, nh, nkv, hd, scale, causal)));
+  const size_t pairs = (size_t)(r1 - r0) * nc / 2;
+  const unsigned blocks = (unsigned)(pairs < (size_t)256 * 4096 ? vl_blocks(pairs, 256) : 4096);
+  k_acc_add<<<blocks, 256, 0, st>>>(dqkv, acc, r0, r1, nc, W);
+  LAUNCH_CHECK("flash attention gradient add");
   return VL_OK;
 }
 
@@ -937,6 +1109,13 @@ static int use_flash(int hd, const void *a, const void *b, const void *c, const 
   if ((env && atoi(env) == 0) || getenv("VL_ATTENTION_GEMM")) return 0;
   if ((((uintptr_t)a | (uintptr_t)b | (uintptr_t)c | (uintptr_t)d) & 15) != 0) return 0;
   return flash_width(hd);
+}
+
+/* VL_ATTENTION_DETERMINISTIC=1: the flash backward in two passes (dQ, then
+ * dK/dV), bitwise repeatable, 7 products instead of 5. */
+static int flash_deterministic(void) {
+  const char *env = getenv("VL_ATTENTION_DETERMINISTIC");
+  return env && atoi(env) != 0;
 }
 
 /* Which path a call of these shapes takes: "flash", "gemm" or "cores"
@@ -993,7 +1172,16 @@ static int cu_attn_backward(vl_ops *o, vl_t *dqkv, const vl_t *dout, const vl_t 
   LAUNCH_CHECK("attention_D");
   const bf16 *dO = (const bf16 *)dout, *X = (const bf16 *)qkv;
   bf16 *dX = (bf16 *)dqkv;
-  switch (use_flash(hd, dqkv, dout, qkv, out)) {
+  const int fw = use_flash(hd, dqkv, dout, qkv, out);
+  if (fw && !flash_deterministic()) switch (fw) {
+  case 16: return flash::backward_fused<16>(o, dX, dO, D, lse, X, seg, seg_host, nseg, T, nh, nkv, hd, scale, causal);
+  case 32: return flash::backward_fused<32>(o, dX, dO, D, lse, X, seg, seg_host, nseg, T, nh, nkv, hd, scale, causal);
+  case 64: return flash::backward_fused<64>(o, dX, dO, D, lse, X, seg, seg_host, nseg, T, nh, nkv, hd, scale, causal);
+  case 80: return flash::backward_fused<80>(o, dX, dO, D, lse, X, seg, seg_host, nseg, T, nh, nkv, hd, scale, causal);
+  case 128: return flash::backward_fused<128>(o, dX, dO, D, lse, X, seg, seg_host, nseg, T, nh, nkv, hd, scale, causal);
+  default: break;
+  }
+  switch (fw) {
   case 16: return flash::backward<16>(o, dX, dO, D, lse, X, seg, seg_host, nseg, T, nh, nkv, hd, scale, causal);
   case 32: return flash::backward<32>(o, dX, dO, D, lse, X, seg, seg_host, nseg, T, nh, nkv, hd, scale, causal);
   case 64: return flash::backward<64>(o, dX, dO, D, lse, X, seg, seg_host, nseg, T, nh, nkv, hd, scale, causal);

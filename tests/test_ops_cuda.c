@@ -491,7 +491,9 @@ static void test_bad_args(void) {
  * workload's shapes on the flash path and on the older path
  * (VL_ATTENTION_FLASH=0) in the same process, median of 20 runs each after
  * warm-up, and prints TFLOP/s (forward 4 nh hd pairs, backward 2.5 times
- * that: the usual convention, though the flash backward does 7/5 of it). */
+ * that: the usual convention; the one-pass flash backward does that, the
+ * two-pass one 7/5 of it).  Each path's backward runs twice from zero to
+ * report whether it is bitwise repeatable (the deterministic one must be). */
 static int cmp_double(const void *a, const void *b) {
   double x = *(const double *)a, y = *(const double *)b;
   return (x > y) - (x < y);
@@ -515,13 +517,19 @@ static void bench_attention_shape(const char *name, int T, int nh, int nkv, int 
   const double pairs = causal ? 0.5 * T * (T + 1.0) : (double)T * T;
   const double ffwd = 4.0 * nh * hd * pairs, fbwd = 2.5 * ffwd;
   const float sc = 1.0f / sqrtf((float)hd);
-  enum { NP = 2 };
+  enum { NP = 4 };
   float *oh[NP], *gh[NP]; /* out, and dqkv from one backward on zeros */
   for (int k = 0; k < NP; k++) oh[k] = malloc((size_t)T * nh * hd * 4), gh[k] = malloc(T * W * 4);
-  /* the flash path, then the older one (VL_ATTENTION_FLASH=0) */
+  /* the flash path (one-pass backward, a block per q head with GQA); the
+   * same with a block per kv head (VL_ATTENTION_HEADSPLIT=0); the two-pass
+   * deterministic backward (VL_ATTENTION_DETERMINISTIC=1, the flash path
+   * before the one-pass form); the older path (VL_ATTENTION_FLASH=0) */
+  static const char *const pname[NP] = {"flash", "flash-kvh", "flash2", NULL};
   for (int path = 0; path < NP; path++) {
+    if (path == 1) setenv("VL_ATTENTION_HEADSPLIT", "0", 1);
+    if (path == 2) setenv("VL_ATTENTION_DETERMINISTIC", "1", 1);
     if (path == NP - 1) setenv("VL_ATTENTION_FLASH", "0", 1);
-    const char *pn = att_path(seg, 1, hd);
+    const char *pn = pname[path] ? pname[path] : att_path(seg, 1, hd);
     double tf[20], tb[20];
     for (int r = -3; r < 20; r++) {
       tic();
@@ -539,17 +547,30 @@ static void bench_attention_shape(const char *name, int T, int nh, int nkv, int 
     CHECK(gpu->attention_backward(gpu, dx, dy, out, lse, qkv, sg.g, seg, 1, T, nh, nkv, hd, sc, causal) == VL_OK,
           "bench %s: %s", name, vl_err_last());
     gpu->get(gpu, gh[path], dx, T * W);
+    { /* the same backward again: bitwise repeatable or not */
+      float *g2 = malloc(T * W * 4);
+      gpu->zero(gpu, dx, T * W * 2);
+      CHECK(gpu->attention_backward(gpu, dx, dy, out, lse, qkv, sg.g, seg, 1, T, nh, nkv, hd, sc, causal) == VL_OK,
+            "bench %s: %s", name, vl_err_last());
+      gpu->get(gpu, g2, dx, T * W);
+      const int same = memcmp(g2, gh[path], T * W * 4) == 0;
+      printf("bench %-7s %-10s backward twice: %s\n", name, pn, same ? "bitwise equal" : "differs (fp32 reduction order)");
+      if (path == 2) CHECK(same, "bench %s: the deterministic backward is not repeatable", name);
+      free(g2);
+    }
     qsort(tf, 20, sizeof(double), cmp_double);
     qsort(tb, 20, sizeof(double), cmp_double);
-    printf("bench %-7s %-5s T%d h%d/%d d%d %s: forward %8.3f ms %6.1f TFLOP/s   backward %8.3f ms %6.1f TFLOP/s\n",
+    printf("bench %-7s %-10s T%d h%d/%d d%d %s: forward %8.3f ms %6.1f TFLOP/s   backward %8.3f ms %6.1f TFLOP/s\n",
            name, pn, T, nh, nkv, hd, causal ? "causal" : "bidir", tf[10], ffwd / tf[10] * 1e-9,
            tb[10], fbwd / tb[10] * 1e-9);
     unsetenv("VL_ATTENTION_FLASH");
+    unsetenv("VL_ATTENTION_DETERMINISTIC");
+    unsetenv("VL_ATTENTION_HEADSPLIT");
   }
   for (int k = 0; k < NP - 1; k++) {
     double e = rel_err_f32(oh[k], oh[NP - 1], (size_t)T * nh * hd);
     double eg = rel_err_f32(gh[k], gh[NP - 1], T * W);
-    printf("bench %-7s flash vs the older path: relative difference out %.2e, dqkv %.2e\n", name, e, eg);
+    printf("bench %-7s %s vs the older path: relative difference out %.2e, dqkv %.2e\n", name, pname[k], e, eg);
     CHECK(e < 1e-2 && eg < 1e-2, "bench %s: path %d differs from the older path's: out %.2e, dqkv %.2e",
           name, k, e, eg);
   }
@@ -613,7 +634,7 @@ int main(void) {
   test_attention(50, 3, 4, 2, 6, 1);   /* head_dim % 8 != 0: not the flash path */
   /* the flash path (the default for head_dim % 8 == 0, <= 128): one segment
    * of thousands of rows, uneven segments, causal and not, GQA, the padded
-   * widths (8 -> 16, 40 -> 64, 72 -> 80) */
+   * widths (8 -> 16, 40 -> 64, 72 -> 80); the one-pass backward (default) */
   test_attention(3000, 1, 8, 2, 128, 1);
   test_attention(2500, 1, 4, 4, 72, 0);
   test_attention(2000, 5, 8, 2, 72, 1);
@@ -622,6 +643,21 @@ int main(void) {
   test_attention(200, 2, 4, 2, 40, 0);
   test_attention(130, 2, 2, 2, 32, 1);
   test_attention(257, 2, 2, 1, 64, 0);
+  /* the flash backward's deterministic two-pass form (the default is one
+   * pass with fp32 dQ reductions) */
+  setenv("VL_ATTENTION_DETERMINISTIC", "1", 1);
+  test_attention(3000, 1, 8, 2, 128, 1);
+  test_attention(2000, 5, 8, 2, 72, 1);
+  test_attention(777, 4, 4, 1, 128, 0);
+  test_attention(129, 3, 2, 1, 8, 1);
+  test_attention_partial(2, 1);
+  unsetenv("VL_ATTENTION_DETERMINISTIC");
+  /* the one-pass backward with GQA and a block per kv head (not per q head) */
+  setenv("VL_ATTENTION_HEADSPLIT", "0", 1);
+  test_attention(3000, 1, 8, 2, 128, 1);
+  test_attention(2000, 5, 8, 2, 72, 1);
+  test_attention_partial(2, 1);
+  unsetenv("VL_ATTENTION_HEADSPLIT");
   test_attention_partial(0, 1);
   test_attention_partial(1, 0);
   test_attention_partial(2, 1);
