@@ -50,6 +50,8 @@ static const char *const schedules[] = {"cosine", "linear", "constant", NULL};
 static const key_desc keys[] = {
   {"model.family", K_ENUM, OFF(model.family), 0, 0, NULL, 1, families, 0, "model family"},
   {"model.path", K_STRING, OFF(model.path), 0, VL_PATH_MAX, "\"\"", 0, NULL, 0, "Hugging Face model folder (\"\": random init)"},
+  {"model.tokenizer", K_STRING, OFF(model.tokenizer), 0, VL_PATH_MAX, "\"\"", 0, NULL, 0, "tokenizer.json for vlprep (\"\": model.path/tokenizer.json; relative to this file)"},
+  {"model.preprocessor", K_STRING, OFF(model.preprocessor), 0, VL_PATH_MAX, "\"\"", 0, NULL, 0, "preprocessor_config.json for vlprep (\"\": model.path's, else the family's defaults)"},
   {"model.text.vocab_size", K_INT, OFF(model.text.vocab_size), 1, 1 << 24, NULL, 1, NULL, 0, "vocabulary rows"},
   {"model.text.hidden_size", K_INT, OFF(model.text.hidden_size), 1, BIG, NULL, 1, NULL, 0, "LLM width"},
   {"model.text.intermediate_size", K_INT, OFF(model.text.intermediate_size), 1, BIG, NULL, 1, NULL, 0, "MLP width"},

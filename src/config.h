@@ -75,6 +75,8 @@ typedef struct {
 typedef struct {
   vl_family family;
   char path[VL_PATH_MAX];    /* Hugging Face model folder, "" = random init */
+  char tokenizer[VL_PATH_MAX];    /* tokenizer.json; "" = path/tokenizer.json (vlprep) */
+  char preprocessor[VL_PATH_MAX]; /* preprocessor_config.json; "" = path/..., else family defaults */
   vl_text_config text;
   vl_vision_config vision;
   vl_token_config tokens;

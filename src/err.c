@@ -6,7 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-static char last_message[2048];
+/* per thread: vlprep's workers raise errors about their own samples */
+static _Thread_local char last_message[2048];
 static int quiet;
 
 const char *vl_err_name(int code) {

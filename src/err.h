@@ -9,7 +9,8 @@
  *
  * The last message is also kept (vl_err_last()) so tests can check the exact
  * text a user would see; vl_err_set_quiet(1) stops printing (tests of bad
- * input).  Not thread-safe by design: errors are raised on the main thread.
+ * input).  The last message is per thread (worker threads such as vlprep's
+ * read their own); the quiet flag is global.
  */
 #ifndef VL_ERR_H
 #define VL_ERR_H
