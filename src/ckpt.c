@@ -176,7 +176,8 @@ static int shard_to_host(const vl_optim *o, float **h) {
   return VL_OK;
 }
 
-int vl_ckpt_save(const char *out_dir, const vl_optim *o, const vl_config *cfg, int keep) {
+int vl_ckpt_save(const char *out_dir, const vl_optim *o, const vl_config *cfg, int keep,
+                 const vl_ckpt_cursor *cur) {
   char dir[VL_PATH_MAX + 16], path[VL_PATH_MAX + 64], tmp[VL_PATH_MAX + 80];
   snprintf(dir, sizeof dir, "%s/ckpt", out_dir);
   snprintf(path, sizeof path, "%s/step_%07d.h5", dir, o->step);
@@ -211,6 +212,12 @@ int vl_ckpt_save(const char *out_dir, const vl_optim *o, const vl_config *cfg, i
   VL_CALL_GOTO(rc, done, attr_write(f, "world_size", H5T_NATIVE_LLONG, &world, NULL));
   VL_CALL_GOTO(rc, done, attr_write(f, "seed", H5T_NATIVE_LLONG, &seed, NULL));
   VL_CALL_GOTO(rc, done, attr_write(f, "n_parameters", H5T_NATIVE_LLONG, &nparam, NULL));
+  {
+    long long ds = cur->samples, dz = cur->size, dseed = (long long)cur->seed;
+    VL_CALL_GOTO(rc, done, attr_write(f, "data_samples", H5T_NATIVE_LLONG, &ds, NULL));
+    VL_CALL_GOTO(rc, done, attr_write(f, "data_seed", H5T_NATIVE_LLONG, &dseed, NULL));
+    VL_CALL_GOTO(rc, done, attr_write(f, "data_size", H5T_NATIVE_LLONG, &dz, NULL));
+  }
   H5_CHECK(H5Fflush(f, H5F_SCOPE_GLOBAL), "%s: flush failed", tmp);
 done:
   for (int k = 0; k < 3; k++) {
@@ -263,7 +270,7 @@ int vl_ckpt_latest(const char *out_dir, char *path, size_t n) {
   return VL_OK;
 }
 
-int vl_ckpt_load(const char *path, vl_optim *o, vl_t *params) {
+int vl_ckpt_load(const char *path, vl_optim *o, vl_t *params, vl_ckpt_cursor *cur) {
   int rc = VL_OK;
   float *h[3] = {NULL, NULL, NULL};
   hid_t f = -1, g[3] = {-1, -1, -1};
@@ -272,6 +279,16 @@ int vl_ckpt_load(const char *path, vl_optim *o, vl_t *params) {
   long long step = 0, nparam = 0;
   VL_CALL_GOTO(rc, done, attr_read_long(f, "step", &step, path));
   VL_CALL_GOTO(rc, done, attr_read_long(f, "n_parameters", &nparam, path));
+  cur->samples = -1;
+  cur->seed = 0;
+  cur->size = 0;
+  if (H5Aexists(f, "data_samples") > 0) { /* older checkpoints have no cursor */
+    long long dseed = 0;
+    VL_CALL_GOTO(rc, done, attr_read_long(f, "data_samples", &cur->samples, path));
+    VL_CALL_GOTO(rc, done, attr_read_long(f, "data_seed", &dseed, path));
+    VL_CALL_GOTO(rc, done, attr_read_long(f, "data_size", &cur->size, path));
+    cur->seed = (unsigned long long)dseed;
+  }
   if ((size_t)nparam != o->n)
     VL_ERROR_GOTO(rc, done, VL_ESHAPE, "%s holds %lld parameters, this model has %zu (another model?)",
                   path, nparam, o->n);

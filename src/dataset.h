@@ -68,7 +68,8 @@ typedef struct {
 typedef struct vl_dataset_writer vl_dataset_writer;
 
 /* Creates path's temporary sibling (path + ".tmp.<pid>"); nothing appears at
- * path until commit. */
+ * path until commit.  Serial HDF5 (default file driver): needs no MPI_Init.
+ * Not thread-safe: one writer, one thread (HDF5 here is not thread-safe). */
 int vl_dataset_writer_open(vl_dataset_writer **w, const char *path);
 /* One image of a sample as stored: resized RGB and its grid. */
 typedef struct {
@@ -76,11 +77,15 @@ typedef struct {
   const uint8_t *rgb;     /* h * w * 3 */
   int32_t grid_thw[3];
 } vl_dataset_image;
-/* Appends a sample to split "train" or "val". */
+/* Appends a sample to split "train" or "val" (buffered; written in blocks).
+ * Bad arguments give VL_EINVAL and leave w usable; any other failure leaves
+ * w only fit for abort. */
 int vl_dataset_writer_add(vl_dataset_writer *w, const char *split, const int32_t *ids,
                           const uint8_t *loss_mask, int n_tokens,
                           const vl_dataset_image *images, int n_images);
-/* Writes the attributes, closes, and renames the temporary file to path. */
+/* Writes the attributes, flushes, closes, fsyncs and renames the temporary
+ * file to path; frees w.  On failure the temporary file is already removed
+ * and w is left for vl_dataset_writer_abort (which then only frees it). */
 int vl_dataset_writer_commit(vl_dataset_writer *w, const vl_dataset_info *info);
 /* Removes the temporary file (after an error).  w may be NULL. */
 void vl_dataset_writer_abort(vl_dataset_writer *w);
@@ -91,8 +96,13 @@ typedef struct vl_dataset vl_dataset;
 /* Opens one split ("train" or "val") read-only (serial HDF5 per rank; the
  * index datasets are read into memory, tokens and pixels on demand). */
 int vl_dataset_open(vl_dataset **d, const char *path, const char *split);
+/* *has = 1 when the file has the group `split` (e.g. "val"). */
+int vl_dataset_has_split(const char *path, const char *split, int *has);
 void vl_dataset_close(vl_dataset *d);
 long vl_dataset_size(const vl_dataset *d);
+/* The largest sample: tokens, and vision patches (sum of t*h*w of its images). */
+void vl_dataset_limits(const vl_dataset *d, long *max_tokens, long *max_patches, long *at_tokens,
+                       long *at_patches);
 const vl_dataset_info *vl_dataset_provenance(const vl_dataset *d);
 /* Checks family, vocabulary size and special-token ids, patch/merge sizes
  * against the model; VL_EINVAL "PATH: dataset made for X, model is Y". */
@@ -104,11 +114,14 @@ typedef struct {
   int32_t *ids, *labels;
   int32_t (*grid)[3];
   float *pixels;
-  size_t cap_tokens, cap_images, cap_pixels;  /* buffers are reused */
+  uint8_t *bytes;      /* scratch: loss mask, RGB, chunks */
+  size_t cap_tokens, cap_images, cap_pixels, cap_bytes;  /* buffers are reused */
   vl_sample sample;   /* points into the buffers above */
 } vl_dataset_sample;
 
-/* Reads sample i (0 <= i < size) into s (grows its buffers). */
+/* Reads sample i (0 <= i < size) into s (grows its buffers; a zeroed s
+ * starts empty).  Any thread may read (pread + zlib; no HDF5 calls), each
+ * into its own s. */
 int vl_dataset_read(vl_dataset *d, long i, vl_dataset_sample *s);
 void vl_dataset_sample_free(vl_dataset_sample *s);
 
@@ -117,16 +130,21 @@ void vl_dataset_sample_free(vl_dataset_sample *s);
 long vl_dataset_index(const vl_dataset *d, uint64_t seed, uint64_t g);
 
 /* ---- prefetch -------------------------------------------------------------- */
-/* A background thread reads the samples of global numbers g0 .. g0+count-1
- * (through vl_dataset_index) ahead of the trainer. */
+/* A background thread reads requested samples (global numbers g, through
+ * vl_dataset_index with seed) ahead of the taker, at most `depth` samples
+ * ahead.  Requests queue without bound; samples are taken in request order.
+ * A read error travels to the vl_prefetch_take of that sample (VL_EIO ...
+ * with the reader's message).  The thread makes no HDF5 calls. */
 typedef struct vl_prefetch vl_prefetch;
 int vl_prefetch_start(vl_prefetch **p, vl_dataset *d, uint64_t seed, int depth);
-/* Requests the next global sample numbers in the order they will be taken. */
+/* Requests the next global sample number, in the order they will be taken. */
 int vl_prefetch_request(vl_prefetch *p, uint64_t g);
 /* Takes the sample of global number g (must be the oldest request), blocking
  * until it is ready: its buffers are swapped with *out's, so nothing is
  * copied and *out owns the sample until the caller frees or reuses it. */
 int vl_prefetch_take(vl_prefetch *p, uint64_t g, vl_dataset_sample *out);
+/* Stops the thread (after the sample it is reading) and drops what is
+ * queued.  p may be NULL. */
 void vl_prefetch_stop(vl_prefetch *p);
 
 #endif

@@ -6,9 +6,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* per thread: vlprep's workers raise errors about their own samples */
+/* per thread: a thread (dataset prefetch, vlprep's workers) keeps its own message and quiet flag */
 static _Thread_local char last_message[2048];
-static int quiet;
+static _Thread_local int quiet;
 
 const char *vl_err_name(int code) {
   switch (code) {

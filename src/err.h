@@ -9,8 +9,8 @@
  *
  * The last message is also kept (vl_err_last()) so tests can check the exact
  * text a user would see; vl_err_set_quiet(1) stops printing (tests of bad
- * input).  The last message is per thread (worker threads such as vlprep's
- * read their own); the quiet flag is global.
+ * input).  Both are per thread: a helper thread (the dataset prefetch, vlprep's workers) has
+ * its own message and quiet flag, and hands its failures to the main thread.
  */
 #ifndef VL_ERR_H
 #define VL_ERR_H

@@ -17,7 +17,7 @@ struct vl_gradstats {
   hid_t scalar[N_SCALARS];
   hid_t tensor[3];  /* grad norm, param norm, update ratio */
   hid_t rank;
-  hid_t eval_step, eval_loss;
+  hid_t eval_step, eval_loss, eval_acc;
   int n_params, world;
   hsize_t rows, eval_rows;
   int since_flush;
@@ -77,7 +77,11 @@ int vl_gradstats_open(vl_gradstats **out, const char *path, const vl_model *m, i
     gs->rank = H5Dopen2(gs->file, "rank_grad_norm", H5P_DEFAULT);
     gs->eval_step = H5Dopen2(gs->file, "eval_step", H5P_DEFAULT);
     gs->eval_loss = H5Dopen2(gs->file, "eval_loss", H5P_DEFAULT);
-    int ok = gs->rank >= 0 && gs->eval_step >= 0 && gs->eval_loss >= 0;
+    /* eval_accuracy came later: a file from before gets it now */
+    gs->eval_acc = H5Lexists(gs->file, "eval_accuracy", H5P_DEFAULT) > 0
+                       ? H5Dopen2(gs->file, "eval_accuracy", H5P_DEFAULT)
+                       : make_set(gs->file, "eval_accuracy", 0);
+    int ok = gs->rank >= 0 && gs->eval_step >= 0 && gs->eval_loss >= 0 && gs->eval_acc >= 0;
     for (int k = 0; k < N_SCALARS; k++) ok &= gs->scalar[k] >= 0;
     for (int k = 0; k < 3; k++) ok &= gs->tensor[k] >= 0;
     hsize_t n = 0, rdims[2] = {0, 0};
@@ -115,6 +119,7 @@ int vl_gradstats_open(vl_gradstats **out, const char *path, const vl_model *m, i
       free(ev);
       H5Dset_extent(gs->eval_step, &ke);
       H5Dset_extent(gs->eval_loss, &ke);
+      H5Dset_extent(gs->eval_acc, &ke);
       gs->eval_rows = ke;
     }
     if (rc) { vl_gradstats_close(gs); VL_ERROR(VL_EHDF5, "%s: cannot read the recorded steps", path); }
@@ -128,6 +133,7 @@ int vl_gradstats_open(vl_gradstats **out, const char *path, const vl_model *m, i
   gs->rank = make_set(gs->file, "rank_grad_norm", world);
   gs->eval_step = make_set(gs->file, "eval_step", 0);
   gs->eval_loss = make_set(gs->file, "eval_loss", 0);
+  gs->eval_acc = make_set(gs->file, "eval_accuracy", 0);
   /* names of the tensor columns */
   hid_t st = H5Tcopy(H5T_C_S1);
   H5Tset_size(st, VL_NAME_MAX);
@@ -147,6 +153,7 @@ int vl_gradstats_open(vl_gradstats **out, const char *path, const vl_model *m, i
   if (at >= 0) H5Aclose(at);
   H5Sclose(as);
   for (int k = 0; k < N_SCALARS; k++) if (gs->scalar[k] < 0) rc = VL_EHDF5;
+  if (gs->eval_step < 0 || gs->eval_loss < 0 || gs->eval_acc < 0) rc = VL_EHDF5;
   if (rc) { vl_gradstats_close(gs); VL_ERROR(VL_EHDF5, "cannot lay out %s", path); }
   *out = gs;
   return VL_OK;
@@ -178,10 +185,11 @@ int vl_gradstats_append(vl_gradstats *gs, const vl_gradstats_row *r) {
   return VL_OK;
 }
 
-int vl_gradstats_eval(vl_gradstats *gs, int step, double loss) {
+int vl_gradstats_eval(vl_gradstats *gs, int step, double loss, double accuracy) {
   double st = step;
   VL_CALL(append_row(gs->eval_step, gs->eval_rows, 0, &st));
   VL_CALL(append_row(gs->eval_loss, gs->eval_rows, 0, &loss));
+  VL_CALL(append_row(gs->eval_acc, gs->eval_rows, 0, &accuracy));
   gs->eval_rows++;
   if (H5Fflush(gs->file, H5F_SCOPE_GLOBAL) < 0) VL_ERROR(VL_EHDF5, "statistics flush failed");
   return VL_OK;
@@ -191,6 +199,7 @@ int vl_gradstats_close(vl_gradstats *gs) {
   if (!gs) return VL_OK;
   if (gs->eval_step > 0) H5Dclose(gs->eval_step);
   if (gs->eval_loss > 0) H5Dclose(gs->eval_loss);
+  if (gs->eval_acc > 0) H5Dclose(gs->eval_acc);
   for (int k = 0; k < N_SCALARS; k++) if (gs->scalar[k] > 0) H5Dclose(gs->scalar[k]);
   for (int k = 0; k < 3; k++) if (gs->tensor[k] > 0) H5Dclose(gs->tensor[k]);
   if (gs->rank > 0) H5Dclose(gs->rank);

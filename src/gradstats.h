@@ -9,7 +9,9 @@
  *                                                              (rows)
  *   tensor_grad_norm, tensor_param_norm, tensor_update_ratio   (rows, tensors)
  *   rank_grad_norm                                             (rows, ranks)
- *   eval_step, eval_loss: validation loss at each evaluation   (evaluations)
+ *   eval_step, eval_loss, eval_accuracy: validation loss and exact-match
+ *   answer accuracy (fraction of samples whose every supervised token is
+ *   the argmax prediction) at each evaluation                   (evaluations)
  *   tensor_names (tensors) strings; attribute world_size.
  */
 #ifndef VL_GRADSTATS_H
@@ -31,8 +33,8 @@ typedef struct {
 int vl_gradstats_open(vl_gradstats **out, const char *path, const vl_model *m, int world,
                       int append, int last_step);
 int vl_gradstats_append(vl_gradstats *gs, const vl_gradstats_row *row);
-/* Records a validation loss. */
-int vl_gradstats_eval(vl_gradstats *gs, int step, double loss);
+/* Records a validation loss and exact-match accuracy (0..1). */
+int vl_gradstats_eval(vl_gradstats *gs, int step, double loss, double accuracy);
 int vl_gradstats_close(vl_gradstats *gs);
 
 /* B_simple from the squared norms of the per-rank mean gradients (mean over

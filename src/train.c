@@ -21,6 +21,42 @@ static double now(void) {
   return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }
 
+void vl_train_data_path(const vl_config *cfg, char *out, size_t n) {
+  const char *d = cfg->run.data, *slash = strrchr(cfg->source, '/');
+  if (!d[0] || d[0] == '/' || !slash) snprintf(out, n, "%s", d);
+  else snprintf(out, n, "%.*s/%s", (int)(slash - cfg->source), cfg->source, d);
+}
+
+/* Opens run.data's splits, checks them against the model and the run's
+ * limits, and starts the prefetch thread. */
+static int open_data(vl_trainer *t) {
+  const vl_train_config *tc = &t->cfg->train;
+  const char *path = t->data_path;
+  vl_train_data_path(t->cfg, t->data_path, sizeof t->data_path);
+  if (!path[0]) return VL_OK;
+  VL_CALL(vl_dataset_open(&t->train_set, path, "train"));
+  VL_CALL(vl_dataset_check(t->train_set, &t->cfg->model));
+  if (vl_dataset_size(t->train_set) == 0) VL_ERROR(VL_EINVAL, "%s: the \"train\" split has no samples", path);
+  int has = 0;
+  VL_CALL(vl_dataset_has_split(path, "val", &has));
+  if (has) VL_CALL(vl_dataset_open(&t->val_set, path, "val"));
+  for (int k = 0; k < 1 + (t->val_set != NULL); k++) {
+    const vl_dataset *d = k ? t->val_set : t->train_set;
+    long mt, mp, it, ip;
+    vl_dataset_limits(d, &mt, &mp, &it, &ip);
+    if (mt > tc->max_seq_len)
+      VL_ERROR(VL_EINVAL, "%s: %s sample %ld has %ld tokens, more than train.max_seq_len %d", path,
+               k ? "val" : "train", it, mt, tc->max_seq_len);
+    if (mp > tc->max_vision_patches)
+      VL_ERROR(VL_EINVAL, "%s: %s sample %ld has %ld vision patches, more than train.max_vision_patches %d", path,
+               k ? "val" : "train", ip, mp, tc->max_vision_patches);
+  }
+  const int per_step = tc->grad_accum * tc->micro_batch;
+  VL_CALL(vl_calloc((void **)&t->slots, (size_t)per_step, sizeof *t->slots, "step samples"));
+  VL_CALL(vl_prefetch_start(&t->prefetch, t->train_set, tc->seed, per_step));
+  return VL_OK;
+}
+
 int vl_trainer_create(vl_trainer *t, const vl_config *cfg, const vl_model *m, vl_comm *comm,
                       vl_ops *ops, const float *host_params) {
   memset(t, 0, sizeof *t);
@@ -32,16 +68,61 @@ int vl_trainer_create(vl_trainer *t, const vl_config *cfg, const vl_model *m, vl
   VL_CALL(ops->put(ops, t->g.params, host_params, m->n_elements));
   VL_CALL(ops->zero(ops, t->g.grads, m->n_elements * ops->elem_size));
   VL_CALL(vl_optim_create(&t->opt, m, ops, comm, tc, host_params));
+  /* every rank opens the data; they agree before anything collective follows */
+  int rc = open_data(t);
+  double bad = rc != VL_OK;
+  int crc = vl_comm_allreduce_double(comm, &bad, 1, VL_COMM_MAX);
+  if (rc || crc || bad > 0) {
+    vl_trainer_destroy(t);
+    if (rc) return vl_err_trace(rc, __FILE__, __LINE__, __func__);
+    VL_CALL(crc);
+    VL_ERROR(VL_EIO, "another rank could not open the data %s", cfg->run.data);
+  }
   return VL_OK;
 }
 
 int vl_trainer_resume(vl_trainer *t, const char *path) {
-  VL_CALL(vl_ckpt_load(path, &t->opt, t->g.params));
+  vl_ckpt_cursor cur;
+  VL_CALL(vl_ckpt_load(path, &t->opt, t->g.params, &cur));
   t->step = t->opt.step;
+  const vl_train_config *tc = &t->cfg->train;
+  const long long size = t->train_set ? vl_dataset_size(t->train_set) : 0;
+  if (cur.samples < 0) { /* a checkpoint from before the cursor: the same global batch is assumed */
+    t->samples_done = (uint64_t)t->step * tc->grad_accum * tc->micro_batch * t->comm->size;
+  } else {
+    if (cur.seed != (unsigned long long)tc->seed)
+      VL_ERROR(VL_EINVAL, "%s: its samples were drawn with seed %llu, train.seed is %llu: the sample sequence "
+               "would not continue (set train.seed: %llu)", path, cur.seed, (unsigned long long)tc->seed, cur.seed);
+    if (cur.size != size)
+      VL_ERROR(VL_EINVAL, "%s: its data cursor is for a training split of %lld samples, this run's has %lld "
+               "(0 = generated samples): the sample sequence would not continue", path, cur.size, size);
+    t->samples_done = (uint64_t)cur.samples;
+  }
+  /* requests made before the resume are for the wrong samples */
+  if (t->prefetch) {
+    vl_prefetch_stop(t->prefetch);
+    t->prefetch = NULL;
+    VL_CALL(vl_prefetch_start(&t->prefetch, t->train_set, tc->seed, tc->grad_accum * tc->micro_batch));
+  }
+  t->req_cursor = t->samples_done;
+  return VL_OK;
+}
+
+int vl_trainer_save(vl_trainer *t, const char *out_dir, int keep) {
+  vl_ckpt_cursor cur = {(long long)t->samples_done, (unsigned long long)t->cfg->train.seed,
+                        t->train_set ? vl_dataset_size(t->train_set) : 0};
+  VL_CALL(vl_ckpt_save(out_dir, &t->opt, t->cfg, keep, &cur));
   return VL_OK;
 }
 
 void vl_trainer_destroy(vl_trainer *t) {
+  vl_prefetch_stop(t->prefetch);
+  if (t->slots)
+    for (int i = 0; i < t->cfg->train.grad_accum * t->cfg->train.micro_batch; i++)
+      vl_dataset_sample_free(&t->slots[i]);
+  free(t->slots);
+  vl_dataset_close(t->train_set);
+  vl_dataset_close(t->val_set);
   vl_optim_destroy(&t->opt);
   vl_graph_destroy(&t->g);
   memset(t, 0, sizeof *t);
@@ -51,39 +132,67 @@ int vl_trainer_params(vl_trainer *t, float *host) {
   return t->ops->get(t->ops, host, t->g.params, t->m->n_elements);
 }
 
+/* Requests from the prefetch the samples of this rank for the steps whose
+ * cursor is <= upto. */
+static int request_until(vl_trainer *t, uint64_t upto) {
+  const vl_train_config *tc = &t->cfg->train;
+  const int A = tc->grad_accum, mb = tc->micro_batch, W = t->comm->size, rank = t->comm->rank;
+  const uint64_t G = (uint64_t)A * mb * W;
+  for (; t->req_cursor <= upto; t->req_cursor += G)
+    for (int a = 0; a < A; a++)
+      for (int k = 0; k < mb; k++)
+        VL_CALL(vl_prefetch_request(t->prefetch, t->req_cursor + ((uint64_t)a * W + rank) * mb + k));
+  return VL_OK;
+}
+
 int vl_trainer_step(vl_trainer *t, vl_step_report *r) {
   const vl_train_config *tc = &t->cfg->train;
   const int A = tc->grad_accum, mb = tc->micro_batch, W = t->comm->size, rank = t->comm->rank;
+  const uint64_t G = (uint64_t)A * mb * W, C = t->samples_done;
   const double t0 = now();
   /* this rank's samples for the whole step, to agree on the token count */
   vl_synth *s = calloc((size_t)A * mb, sizeof *s);
+  const vl_sample **view = calloc((size_t)A * mb, sizeof *view);
   vl_sample *samples = calloc((size_t)mb, sizeof *samples);
-  if (!s || !samples) { free(s); free(samples); VL_ERROR(VL_ENOMEM, "step samples"); }
+  if (!s || !samples || !view) { free(s); free(samples); free(view); VL_ERROR(VL_ENOMEM, "step samples"); }
   int rc = VL_OK;
   double counts[3] = {0, 0, 0}; /* supervised tokens, loss sum, LLM tokens */
   double local_targets = 0;      /* this rank's supervised tokens */
+  /* the dataset's samples of this step and the next are read ahead */
+  if (t->prefetch) rc = request_until(t, C + G);
   for (int a = 0; a < A && rc == VL_OK; a++)
     for (int k = 0; k < mb && rc == VL_OK; k++) {
-      uint64_t index = ((uint64_t)(t->step * A + a) * W + rank) * mb + k;
-      if (tc->synth_grid[0] > 0)
-        rc = vl_synth_fixed(&s[a * mb + k], &t->cfg->model, tc->seed, index, tc->synth_grid[0],
-                            tc->synth_grid[1], tc->synth_text, tc->synth_answer);
-      else
-        rc = vl_synth_sample(&s[a * mb + k], &t->cfg->model, tc->seed, index, tc->max_seq_len,
-                             tc->max_vision_patches);
+      const uint64_t g = C + ((uint64_t)a * W + rank) * mb + k;
+      if (t->prefetch) {
+        rc = vl_prefetch_take(t->prefetch, g, &t->slots[a * mb + k]);
+        view[a * mb + k] = &t->slots[a * mb + k].sample;
+      } else {
+        if (tc->synth_grid[0] > 0)
+          rc = vl_synth_fixed(&s[a * mb + k], &t->cfg->model, tc->seed, g, tc->synth_grid[0],
+                              tc->synth_grid[1], tc->synth_text, tc->synth_answer);
+        else
+          rc = vl_synth_sample(&s[a * mb + k], &t->cfg->model, tc->seed, g, tc->max_seq_len,
+                               tc->max_vision_patches);
+        view[a * mb + k] = &s[a * mb + k].sample;
+      }
       if (rc == VL_OK) {
-        const vl_sample *x = &s[a * mb + k].sample;
+        const vl_sample *x = view[a * mb + k];
         for (int i = 1; i < x->n_tokens; i++) counts[0] += x->labels[i] >= 0;
         counts[2] += x->n_tokens;
       }
     }
+  /* every rank joins the count, also after a local failure (a read error) */
+  double total[2] = {rc == VL_OK ? counts[0] : 0, rc != VL_OK};
+  int crc = vl_comm_allreduce_double(t->comm, total, 2, VL_COMM_SUM);
+  if (rc == VL_OK && crc) rc = crc;
+  if (rc == VL_OK && total[1] > 0)
+    rc = vl_err_raise(VL_EIO, __FILE__, __LINE__, __func__, "another rank could not get its samples of step %d",
+                      t->step + 1);
   if (rc == VL_OK) {
     local_targets = counts[0];
-    double total[1] = {counts[0]};
-    rc = vl_comm_allreduce_double(t->comm, total, 1, VL_COMM_SUM);
     const float scale = total[0] > 0 ? (float)(1.0 / total[0]) : 0.0f;
     for (int a = 0; a < A && rc == VL_OK; a++) {
-      for (int k = 0; k < mb; k++) samples[k] = s[a * mb + k].sample;
+      for (int k = 0; k < mb; k++) samples[k] = *view[a * mb + k];
       vl_batch b;
       double loss = 0;
       rc = vl_batch_build(&b, &t->cfg->model, samples, mb);
@@ -102,6 +211,7 @@ int vl_trainer_step(vl_trainer *t, vl_step_report *r) {
   }
   for (int i = 0; i < A * mb; i++) vl_synth_free(&s[i]);
   free(s);
+  free(view);
   free(samples);
   if (rc) return vl_err_trace(rc, __FILE__, __LINE__, __func__);
   double sums[3] = {counts[1], counts[2], isfinite(counts[1]) ? 0.0 : 1.0};
@@ -129,6 +239,7 @@ int vl_trainer_step(vl_trainer *t, vl_step_report *r) {
   if (orc) { free(tg); return vl_err_trace(orc, __FILE__, __LINE__, __func__); }
   if (st.skipped) t->skipped++;
   t->step++;
+  t->samples_done += G;
   t->tokens_done += sums[1];
   r->step = t->step;
   r->targets = counts[0];
@@ -163,33 +274,122 @@ int vl_trainer_step(vl_trainer *t, vl_step_report *r) {
 /* held-out samples live far from the training indices */
 #define VL_EVAL_INDEX_BASE ((uint64_t)1 << 48)
 
-int vl_trainer_eval(vl_trainer *t, int n, double *loss) {
+/* Backend scratch for the argmax of the supervised rows, R rows at a time. */
+typedef struct {
+  int R;
+  vl_t *h;
+  int32_t *idx, *tgt;
+  float *loss, *logits;
+  int32_t *hidx, *htgt;
+  float *hlogits;
+} argmax_scratch;
+
+static void argmax_free(vl_ops *o, argmax_scratch *a) {
+  if (a->h) o->free(o, a->h);
+  if (a->idx) o->free(o, a->idx);
+  if (a->tgt) o->free(o, a->tgt);
+  if (a->loss) o->free(o, a->loss);
+  if (a->logits) o->free(o, a->logits);
+  free(a->hidx); free(a->htgt); free(a->hlogits);
+  memset(a, 0, sizeof *a);
+}
+
+static int argmax_alloc(vl_ops *o, argmax_scratch *a, int H, int V) {
+  memset(a, 0, sizeof *a);
+  a->R = 64;
+  const size_t R = (size_t)a->R;
+  VL_CALL(o->alloc(o, (void **)&a->h, R * H * o->elem_size, "evaluation rows"));
+  VL_CALL(o->alloc(o, (void **)&a->idx, R * sizeof(int32_t), "evaluation rows"));
+  VL_CALL(o->alloc(o, (void **)&a->tgt, R * sizeof(int32_t), "evaluation targets"));
+  VL_CALL(o->alloc(o, (void **)&a->loss, R * sizeof(float), "evaluation losses"));
+  VL_CALL(o->alloc(o, (void **)&a->logits, R * V * sizeof(float), "evaluation logits"));
+  VL_CALL(vl_malloc((void **)&a->hidx, R * sizeof(int32_t), "evaluation rows"));
+  VL_CALL(vl_malloc((void **)&a->htgt, R * sizeof(int32_t), "evaluation targets"));
+  VL_CALL(vl_malloc((void **)&a->hlogits, R * V * sizeof(float), "evaluation logits"));
+  return VL_OK;
+}
+
+/* After a forward pass over batch b (one sample): *n = its supervised
+ * positions, *exact = 1 when the argmax of the logits equals the target at
+ * every one of them (teacher forcing). */
+static int exact_match(vl_trainer *t, const vl_batch *b, argmax_scratch *a, int *n, int *exact) {
+  vl_ops *o = t->ops;
+  const int H = t->m->cfg.text.hidden_size, V = t->m->cfg.text.vocab_size;
+  const vl_t *W = vl_graph_param(&t->g, t->g.params, t->m->lm_head);
+  *n = 0;
+  *exact = 1;
+  for (int i = 0; i < b->T;) {
+    int r = 0;
+    for (; i < b->T && r < a->R; i++)
+      if (b->targets[i] >= 0) { a->hidx[r] = i; a->htgt[r] = b->targets[i]; r++; }
+    if (!r) continue;
+    VL_CALL(o->put_raw(o, a->idx, a->hidx, (size_t)r * sizeof(int32_t)));
+    VL_CALL(o->put_raw(o, a->tgt, a->htgt, (size_t)r * sizeof(int32_t)));
+    VL_CALL(o->rows_gather(o, a->h, t->g.xf, a->idx, r, H, 0));
+    VL_CALL(o->lmhead_ce(o, a->loss, NULL, NULL, a->logits, a->h, W, a->tgt, r, H, V, 0.0f));
+    VL_CALL(o->get_raw(o, a->hlogits, a->logits, (size_t)r * V * sizeof(float)));
+    for (int q = 0; q < r; q++) {
+      const float *z = a->hlogits + (size_t)q * V;
+      int best = 0;
+      for (int v = 1; v < V; v++)
+        if (z[v] > z[best]) best = v;
+      if (best != a->htgt[q]) *exact = 0;
+    }
+    *n += r;
+  }
+  return VL_OK;
+}
+
+int vl_trainer_eval(vl_trainer *t, int n, vl_eval_result *res) {
   const vl_train_config *tc = &t->cfg->train;
-  double acc[2] = {0, 0}; /* loss sum, supervised tokens */
-  int rc = VL_OK;
+  if (t->data_path[0] && !t->val_set)
+    VL_ERROR(VL_EINVAL, "%s has no \"val\" split: nothing to validate on (make one with vlprep's validation option)",
+             t->data_path);
+  if (t->val_set && n > vl_dataset_size(t->val_set)) n = (int)vl_dataset_size(t->val_set);
+  double acc[4] = {0, 0, 0, 0}; /* loss sum, supervised tokens, exact samples, samples with targets */
+  argmax_scratch am;
+  int rc = argmax_alloc(t->ops, &am, t->m->cfg.text.hidden_size, t->m->cfg.text.vocab_size);
+  vl_dataset_sample ds;
+  memset(&ds, 0, sizeof ds);
   for (int i = t->comm->rank; i < n && rc == VL_OK; i += t->comm->size) {
     vl_synth s;
     memset(&s, 0, sizeof s);
     vl_batch b;
     memset(&b, 0, sizeof b);
     double l = 0;
-    rc = vl_synth_sample(&s, &t->cfg->model, tc->seed, VL_EVAL_INDEX_BASE + (uint64_t)i,
-                         tc->max_seq_len, tc->max_vision_patches);
-    if (rc == VL_OK) rc = vl_batch_build(&b, &t->cfg->model, &s.sample, 1);
+    const vl_sample *x = NULL;
+    if (t->val_set) {
+      rc = vl_dataset_read(t->val_set, i, &ds);
+      x = &ds.sample;
+    } else {
+      rc = vl_synth_sample(&s, &t->cfg->model, tc->seed, VL_EVAL_INDEX_BASE + (uint64_t)i,
+                           tc->max_seq_len, tc->max_vision_patches);
+      x = &s.sample;
+    }
+    if (rc == VL_OK) rc = vl_batch_build(&b, &t->cfg->model, x, 1);
     if (rc == VL_OK) rc = vl_graph_set_batch(&t->g, &b);
     if (rc == VL_OK) rc = vl_graph_forward(&t->g, 0.0f, &l);
+    int nt = 0, exact = 0;
+    if (rc == VL_OK) rc = exact_match(t, &b, &am, &nt, &exact);
     acc[0] += l;
     acc[1] += b.n_targets;
+    acc[2] += nt > 0 && exact;
+    acc[3] += nt > 0;
     vl_batch_free(&b);
     vl_synth_free(&s);
   }
+  vl_dataset_sample_free(&ds);
+  argmax_free(t->ops, &am);
   /* every rank joins the reduction even after a local failure */
   double bad = rc != VL_OK;
-  double all[3] = {acc[0], acc[1], bad};
-  VL_CALL(vl_comm_allreduce_double(t->comm, all, 3, VL_COMM_SUM));
+  double all[5] = {acc[0], acc[1], acc[2], acc[3], bad};
+  VL_CALL(vl_comm_allreduce_double(t->comm, all, 5, VL_COMM_SUM));
   if (rc) return vl_err_trace(rc, __FILE__, __LINE__, __func__);
-  if (all[2] > 0) VL_ERROR(VL_EINVAL, "evaluation failed on another rank");
-  *loss = all[1] > 0 ? all[0] / all[1] : NAN;
+  if (all[4] > 0) VL_ERROR(VL_EINVAL, "evaluation failed on another rank");
+  res->loss = all[1] > 0 ? all[0] / all[1] : NAN;
+  res->correct = (long)all[2];
+  res->samples = (long)all[3];
+  res->accuracy = all[3] > 0 ? all[2] / all[3] : NAN;
   return VL_OK;
 }
 
@@ -229,6 +429,17 @@ int vl_train_run(const vl_config *cfg, const vl_model *m, vl_comm *comm, vl_ops 
   }
   const double start = now();
   int rc = VL_OK;
+  if (comm->rank == 0) {
+    if (t.train_set)
+      printf("data: %s: %ld training samples (seed %llu, %llu consumed), %s\n", t.data_path,
+             vl_dataset_size(t.train_set), (unsigned long long)cfg->train.seed, (unsigned long long)t.samples_done,
+             t.val_set ? "a validation split" : "no validation split (no evaluation)");
+    else
+      printf("data: generated samples (run.data is empty)\n");
+    if (t.val_set) printf("validation: %ld samples in the val split, %d per evaluation\n",
+                          vl_dataset_size(t.val_set), cfg->train.eval_samples < vl_dataset_size(t.val_set)
+                              ? cfg->train.eval_samples : (int)vl_dataset_size(t.val_set));
+  }
   if (comm->rank == 0)
     printf("training: %d steps, global batch %d = %d ranks x %d micro-batch x %d accumulation\n", S,
            comm->size * cfg->train.micro_batch * cfg->train.grad_accum, comm->size,
@@ -258,7 +469,7 @@ int vl_train_run(const vl_config *cfg, const vl_model *m, vl_comm *comm, vl_ops 
     if (rc == VL_OK) rc = vl_comm_allreduce_double(comm, &stop, 1, VL_COMM_MAX);
     if (rc == VL_OK && stop > 0) *preempted = 1;
     if (rc == VL_OK && ((every > 0 && r.step % every == 0) || (r.step == S && cfg->run.save_final) || *preempted)) {
-      rc = vl_ckpt_save(cfg->run.out_dir, &t.opt, cfg, cfg->run.keep_checkpoints);
+      rc = vl_trainer_save(&t, cfg->run.out_dir, cfg->run.keep_checkpoints);
       if (rc == VL_OK && comm->rank == 0 && !tty)
         printf("checkpoint %s/ckpt/step_%07d.h5\n", cfg->run.out_dir, r.step);
     }
@@ -267,13 +478,14 @@ int vl_train_run(const vl_config *cfg, const vl_model *m, vl_comm *comm, vl_ops 
              tty ? "\n" : "", r.step, (int)stop, VL_EXIT_PREEMPTED);
     if (*preempted) break;
     const int ev = cfg->train.eval_every;
-    if (rc == VL_OK && cfg->train.eval_samples > 0 && ((ev > 0 && r.step % ev == 0) || r.step == S)) {
-      double vl = 0;
-      rc = vl_trainer_eval(&t, cfg->train.eval_samples, &vl);
-      if (rc == VL_OK && t.stats) rc = vl_gradstats_eval(t.stats, r.step, vl);
+    const int can_eval = cfg->train.eval_samples > 0 && (t.val_set || !t.train_set);
+    if (rc == VL_OK && can_eval && ((ev > 0 && r.step % ev == 0) || r.step == S)) {
+      vl_eval_result e;
+      rc = vl_trainer_eval(&t, cfg->train.eval_samples, &e);
+      if (rc == VL_OK && t.stats) rc = vl_gradstats_eval(t.stats, r.step, e.loss, e.accuracy);
       if (rc == VL_OK && comm->rank == 0)
-        printf("%seval step %d: validation loss %.4f over %d samples\n", tty ? "\n" : "", r.step, vl,
-               cfg->train.eval_samples);
+        printf("%seval step %d: val loss %.4f, exact-match accuracy %.1f%% (%ld/%ld)\n", tty ? "\n" : "", r.step,
+               e.loss, 100.0 * e.accuracy, e.correct, e.samples);
     }
     if (rc || comm->rank != 0) continue;
     double elapsed = now() - start, eta = elapsed / r.step * (S - r.step);

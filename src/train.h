@@ -2,9 +2,15 @@
  * optimizer step, one report line per step.
  *
  * A step of the global batch takes ranks x micro_batch x grad_accum samples;
- * sample (step s, micro a, rank r, slot k) is index ((s*A + a)*W + r)*mb + k
- * of the data source, so ranks see disjoint samples and the set a step sees
- * does not depend on how it is split between ranks and accumulation.  The
+ * sample (step s, micro a, rank r, slot k) is global sample number
+ * g = C + (a*W + r)*mb + k, where C counts the samples consumed before the
+ * step (C = s*A*W*mb while the global batch stays the same, i.e.
+ * g = ((s*A + a)*W + r)*mb + k), so ranks see disjoint samples and the set a
+ * step sees does not depend on how it is split between ranks and
+ * accumulation.  C is the data cursor a checkpoint stores.  The data
+ * source: run.data's "train" split through the seeded sampler (dataset.h)
+ * and a prefetch thread per rank, or, when run.data is "", the generated
+ * samples of synth.h (index g).  The
  * loss of a step is the mean over every supervised token of the global batch
  * (the count is agreed before the backward passes), so 2 ranks x accumulation
  * 1 and 1 rank x accumulation 2 compute the same update.
@@ -19,6 +25,7 @@
 #include "ops.h"
 #include "gradstats.h"
 #include "optim.h"
+#include "dataset.h"
 
 typedef struct {
   const vl_config *cfg;
@@ -33,6 +40,13 @@ typedef struct {
   vl_gradstats *stats; /* rank 0, when statistics are recorded */
   int record;          /* every rank: compute statistics on stats steps */
   size_t peak_bytes;   /* most device (or host) memory in use seen after a micro-batch */
+  /* ---- data ---- */
+  char data_path[VL_PATH_MAX]; /* run.data resolved, "" = generated samples */
+  vl_dataset *train_set, *val_set; /* val_set NULL when the file has no "val" split */
+  vl_prefetch *prefetch;
+  vl_dataset_sample *slots;    /* the step's A x mb samples */
+  uint64_t samples_done;       /* C: global samples consumed (the cursor) */
+  uint64_t req_cursor;         /* C of the next step whose samples are not requested yet */
 } vl_trainer;
 
 typedef struct {
@@ -45,15 +59,32 @@ typedef struct {
   double peak_bytes;   /* memory in use on this rank's device, peak so far */
 } vl_step_report;
 
-/* host_params: initial fp32 weights, identical on every rank. */
+/* host_params: initial fp32 weights, identical on every rank.  Opens
+ * run.data (relative paths against the YAML's folder) and checks it against
+ * the model, on every rank (collective). */
 int vl_trainer_create(vl_trainer *t, const vl_config *cfg, const vl_model *m, vl_comm *comm,
                       vl_ops *ops, const float *host_params);
 int vl_trainer_step(vl_trainer *t, vl_step_report *r);
-/* Continues from a checkpoint (any writer world size). */
+/* Continues from a checkpoint (any writer world size): weights, optimizer,
+ * step and the data cursor; the checkpoint's data seed and training-split
+ * size must match this run's. */
 int vl_trainer_resume(vl_trainer *t, const char *path);
-/* Validation loss: mean over the supervised tokens of n held-out samples
- * (indices disjoint from training), split across ranks; forward only. */
-int vl_trainer_eval(vl_trainer *t, int n, double *loss);
+/* Writes a checkpoint of the current step (collective). */
+int vl_trainer_save(vl_trainer *t, const char *out_dir, int keep);
+
+typedef struct {
+  double loss;      /* mean over the supervised tokens */
+  long correct;     /* samples whose every supervised token is the argmax prediction */
+  long samples;     /* samples evaluated that have supervised tokens */
+  double accuracy;  /* correct / samples (NaN when none) */
+} vl_eval_result;
+/* Validation: the first n samples of run.data's "val" split (all of it when
+ * n >= its size), or n generated held-out samples (indices disjoint from
+ * training) when run.data is "", split across ranks; forward only (teacher
+ * forcing).  VL_EINVAL when run.data has no "val" split. */
+int vl_trainer_eval(vl_trainer *t, int n, vl_eval_result *res);
+/* run.data resolved against the folder of cfg->source ("" stays ""). */
+void vl_train_data_path(const vl_config *cfg, char *out, size_t n);
 /* Working weights to the host (n_elements floats). */
 int vl_trainer_params(vl_trainer *t, float *host);
 void vl_trainer_destroy(vl_trainer *t);

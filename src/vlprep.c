@@ -414,6 +414,7 @@ typedef struct {
 
 static void *worker(void *arg) {
   pool *p = arg;
+  vl_err_set_quiet(1); /* per thread: the main thread reports our errors as FILE:LINE */
   vl_tokenizer *tk = NULL;
   vl_chat chat;
   vl_chat_tokens toks = {0};

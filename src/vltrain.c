@@ -59,8 +59,6 @@ static int train(const vl_config *cfg, const vl_model *m, vl_comm *comm) {
     if (cfg->model.path[0]) rc = vl_weights_load(m, cfg->model.path, w, 0);
     else vl_weights_init_random(m, w, cfg->train.seed, 0.02f);
   }
-  if (rc == VL_OK && comm->rank == 0)
-    printf("data: generated samples (datasets arrive with vlprep; see README)\n");
   int preempted = 0;
   if (rc == VL_OK) rc = vl_train_run(cfg, m, comm, ops, w, &preempted);
   if (rc == VL_OK && preempted) rc = -1;

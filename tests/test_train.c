@@ -171,8 +171,8 @@ int main(int argc, char **argv) {
   /* 5 steps, save (keep 2, saved twice: both kept), resume in a new trainer, 5 more */
   double lost_a = last;
   CHECK(vl_trainer_create(&tr, &cfg, &m, &cw, o, w0) == VL_OK, "trainer C");
-  for (int s = 0; s < 5; s++) { vl_step_report r; vl_trainer_step(&tr, &r); if (s == 3) vl_ckpt_save(dir, &tr.opt, &cfg, 2); }
-  CHECK(vl_ckpt_save(dir, &tr.opt, &cfg, 2) == VL_OK, "save: %s", vl_err_last());
+  for (int s = 0; s < 5; s++) { vl_step_report r; vl_trainer_step(&tr, &r); if (s == 3) vl_trainer_save(&tr, dir, 2); }
+  CHECK(vl_trainer_save(&tr, dir, 2) == VL_OK, "save: %s", vl_err_last());
   vl_trainer_destroy(&tr);
   char latest[512];
   CHECK(vl_ckpt_latest(dir, latest, sizeof latest) == VL_OK && strstr(latest, "step_0000005.h5"), "latest %s", latest);
@@ -323,14 +323,19 @@ int main(int argc, char **argv) {
     CHECK(vl_train_run(&c2, &m, &cw, o, w0, &pre) == VL_OK && !pre, "train run: %s", vl_err_last());
     /* validation loss of the initial weights, split over W ranks and on one */
     double l0 = 0, l1 = 0;
+    vl_eval_result e0, e1;
     vl_trainer_create(&tr, &cfg, &m, &cw, o, w0);
-    CHECK(vl_trainer_eval(&tr, 16, &l0) == VL_OK, "eval: %s", vl_err_last());
+    CHECK(vl_trainer_eval(&tr, 16, &e0) == VL_OK, "eval: %s", vl_err_last());
+    l0 = e0.loss;
     vl_trainer_destroy(&tr);
     if (rank == 0) {
       vl_comm one;
       vl_comm_init_on(&one, MPI_COMM_SELF, on_gpu ? VL_BACKEND_CUDA : VL_BACKEND_CPU, 0, 60);
       vl_trainer_create(&tr, &cfg, &m, &one, o, w0);
-      vl_trainer_eval(&tr, 16, &l1);
+      vl_trainer_eval(&tr, 16, &e1);
+      l1 = e1.loss;
+      CHECK(e0.samples == 16 && e1.samples == 16 && e0.correct == e1.correct,
+            "exact-match on %d ranks %ld/%ld, on one %ld/%ld", W, e0.correct, e0.samples, e1.correct, e1.samples);
       vl_trainer_destroy(&tr);
       vl_comm_free(&one);
       CHECK(fabs(l0 - l1) <= 1e-6 * l1, "validation loss on %d ranks %.9g, on one %.9g", W, l0, l1);
