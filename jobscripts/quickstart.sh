@@ -96,9 +96,9 @@ show=$(( steps / 15 > 0 ? steps / 15 : 1 ))
 # every `show`-th step line, the evaluations, checkpoints and messages
 filter() {
   tr '\r' '\n' | awk -v k="$show" '
-    /^step [0-9]+\// { split($2, a, "/"); if (a[1] % k == 0 || a[1] == a[2]) print; next }
+    /^step [0-9]+\// { split($2, a, "/"); if (a[1] % k == 0 || a[1] == a[2]) { print; fflush() } next }
     /^\[/ { next }
-    NF { print }'
+    NF { print; fflush() }'
 }
 train_cmd=(mpirun -np 2 "$bin/vltrain" "$cfg")
 say "training the tiny model on $device: mpirun -np 2 vltrain $cfg ($steps steps; interrupted near step $half)"

@@ -73,7 +73,7 @@ void vl_demo_scene_make(vl_demo_scene *s, uint64_t seed, uint64_t index) {
       snprintf(s->answer_word, sizeof s->answer_word, "%s", colour_names[s->inst[0].colour]);
       snprintf(s->question, sizeof s->question, "%s",
                phrasing ? "What colour is the instrument?" : "Which colour does the instrument have?");
-      snprintf(s->answer, sizeof s->answer, "Looking at the instrument. %s", s->answer_word);
+      snprintf(s->answer, sizeof s->answer, "Looking at its colour. %s", s->answer_word);
     } else if (nc > 0) {
       int side = cand[rng_below(&r, nc)];
       const char *sn = side ? "right" : "left";
@@ -83,7 +83,7 @@ void vl_demo_scene_make(vl_demo_scene *s, uint64_t seed, uint64_t index) {
         snprintf(s->question, sizeof s->question, "What colour is the instrument on the %s?", sn);
       else
         snprintf(s->question, sizeof s->question, "Which colour does the instrument on the %s have?", sn);
-      snprintf(s->answer, sizeof s->answer, "Looking at the instrument on the %s. %s", sn, s->answer_word);
+      snprintf(s->answer, sizeof s->answer, "Looking at its colour. %s", s->answer_word);
     } else {
       s->qtype = VL_DEMO_Q_SIDE; /* two instruments on one side: ask where one is */
     }
@@ -103,7 +103,7 @@ void vl_demo_scene_make(vl_demo_scene *s, uint64_t seed, uint64_t index) {
       snprintf(s->question, sizeof s->question, "On which side is the %s instrument?", cn);
     else
       snprintf(s->question, sizeof s->question, "Is the %s instrument on the left or on the right?", cn);
-    snprintf(s->answer, sizeof s->answer, "Finding the %s instrument. %s", cn, s->answer_word);
+    snprintf(s->answer, sizeof s->answer, "Finding the instrument. %s", s->answer_word);
   }
 }
 

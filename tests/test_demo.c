@@ -74,6 +74,11 @@ static const char *answer_from_image(const char *q, const reading *rd) {
   return NULL;
 }
 
+/* With VL_DEMO_IDS=FILE, every text checked is also written to FILE as a
+ * JSON line {"text": ..., "ids": [...]}, for tests/reference/check_tiny_tokenizer.py
+ * to compare with Hugging Face tokenizers' ids. */
+static FILE *dump_ids;
+
 static void check_roundtrip(vl_tokenizer *tok, const char *text) {
   int32_t *ids = NULL;
   size_t n = 0, cap = 0, len = 0;
@@ -82,6 +87,15 @@ static void check_roundtrip(vl_tokenizer *tok, const char *text) {
            vl_tokenizer_decode(tok, ids, n, &back, &len) == VL_OK;
   CHECK(ok && len == strlen(text) && !memcmp(back, text, len), "round trip of '%s' gave '%s'", text,
         back ? back : "(error)");
+  if (ok && dump_ids) {
+    cJSON *o = cJSON_CreateObject(), *a = cJSON_AddArrayToObject(o, "ids");
+    cJSON_AddStringToObject(o, "text", text);
+    for (size_t i = 0; i < n; i++) cJSON_AddItemToArray(a, cJSON_CreateNumber(ids[i]));
+    char *js = cJSON_PrintUnformatted(o);
+    if (js) fprintf(dump_ids, "%s\n", js);
+    free(js);
+    cJSON_Delete(o);
+  }
   free(ids);
   free(back);
 }
@@ -144,6 +158,8 @@ static void test_tokenizer(vl_tokenizer *tok) {
   free(ids);
   cJSON_Delete(root);
   check_roundtrip(tok, "Text the demo never writes: naïve café, 1234, emoji \xf0\x9f\x98\x80, tabs\tand\r\nlines.");
+  check_roundtrip(tok, "<|im_start|>user\n<|vision_start|><|image_pad|><|image_pad|><|vision_end|>How many instruments can you see?<|im_end|>\n");
+  check_roundtrip(tok, "  double  spaces, 'quotes' it's, Caf\xc3\xa9 (composed)\n\n\n end ");
 }
 
 int main(int argc, char **argv) {
@@ -156,6 +172,8 @@ int main(int argc, char **argv) {
   else snprintf(dir, sizeof dir, ".");
   int W = argc > 3 ? atoi(argv[2]) : 64, H = argc > 3 ? atoi(argv[3]) : 64;
   char p[1024];
+  const char *dump = getenv("VL_DEMO_IDS");
+  if (dump && !(dump_ids = fopen(dump, "w"))) { fprintf(stderr, "%s: cannot create\n", dump); return 1; }
   vl_tokenizer *tok = NULL;
   CHECK(vl_tokenizer_load(&tok, test_path(p, sizeof p, "inputs/tiny/tokenizer.json")) == VL_OK, "load: %s",
         vl_err_last());
@@ -207,5 +225,6 @@ int main(int argc, char **argv) {
   CHECK(lines > 0, "%s is empty", path);
   printf("test_demo: %ld records, %ld answers read back from the pixels\n", lines, agree);
   vl_tokenizer_free(tok);
+  if (dump_ids) fclose(dump_ids);
   TEST_END();
 }
