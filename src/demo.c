@@ -51,8 +51,8 @@ void vl_demo_scene_make(vl_demo_scene *s, uint64_t seed, uint64_t index) {
     in->quadrant = quad[i];
     in->colour = col[i];
     in->shape = rng_below(&r, VL_DEMO_N_SHAPES);
-    in->dx = (rng_unit(&r) * 2 - 1) * 0.08f;
-    in->dy = (rng_unit(&r) * 2 - 1) * 0.08f;
+    in->dx = (rng_unit(&r) * 2 - 1) * 0.03f;
+    in->dy = (rng_unit(&r) * 2 - 1) * 0.03f;
     in->angle = rng_unit(&r) * 3.14159265f;
   }
   int phrasing = rng_below(&r, 2);
@@ -142,22 +142,22 @@ static float shape_depth(const vl_demo_instrument *in, float cx, float cy, float
   float ca = cosf(in->angle), sa = sinf(in->angle);
   switch (in->shape) {
   case VL_DEMO_BAR: {
-    float L = 0.30f * s, r = fmaxf(0.09f * s, 1.5f);
+    float L = 0.30f * s, r = fmaxf(0.17f * s, 1.5f);
     return 1 - seg_dist(px, py, cx - L * ca, cy - L * sa, cx + L * ca, cy + L * sa) / r;
   }
   case VL_DEMO_CLIP: {
     /* a handle, a hinge, and two jaws opening at +-0.32 rad */
-    float hx = cx - 0.22f * s * ca, hy = cy - 0.22f * s * sa, r = fmaxf(0.07f * s, 1.2f);
-    float d = 1 - seg_dist(px, py, hx, hy, cx - 0.33f * s * ca, cy - 0.33f * s * sa) / (1.2f * r);
+    float hx = cx - 0.20f * s * ca, hy = cy - 0.20f * s * sa, r = fmaxf(0.12f * s, 1.2f);
+    float d = 1 - seg_dist(px, py, hx, hy, cx - 0.32f * s * ca, cy - 0.32f * s * sa) / (1.2f * r);
     for (int k = -1; k <= 1; k += 2) {
       float a = in->angle + 0.32f * (float)k;
-      float jd = 1 - seg_dist(px, py, hx, hy, hx + 0.52f * s * cosf(a), hy + 0.52f * s * sinf(a)) / r;
+      float jd = 1 - seg_dist(px, py, hx, hy, hx + 0.45f * s * cosf(a), hy + 0.45f * s * sinf(a)) / r;
       d = fmaxf(d, jd);
     }
     return d;
   }
   default: { /* ring */
-    float ro = 0.32f * s, ri = 0.17f * s, mid = 0.5f * (ro + ri), half = 0.5f * (ro - ri);
+    float ro = 0.42f * s, ri = 0.16f * s, mid = 0.5f * (ro + ri), half = 0.5f * (ro - ri);
     float dist = sqrtf((px - cx) * (px - cx) + (py - cy) * (py - cy));
     return 1 - fabsf(dist - mid) / half;
   }
@@ -179,20 +179,20 @@ int vl_demo_draw(const vl_demo_scene *s, uint64_t seed, uint64_t index, int w, i
       float t = 0.55f * value_noise(k1, fx, fy, scale / 3) + 0.30f * value_noise(k2, fx, fy, scale / 7) +
                 0.15f * value_noise(k3, fx, fy, scale / 16);
       t = fminf(fmaxf((t - 0.2f) / 0.6f - tint, 0), 1);
-      float c[3] = {238 + (170 - 238) * t, 150 + (45 - 150) * t, 158 + (58 - 158) * t};
+      float c[3] = {228 + (204 - 228) * t, 132 + (96 - 132) * t, 140 + (106 - 140) * t};
       float fine = value_noise(k3 ^ 0x77, fx, fy, scale / 24);
-      if (fine > 0.82f) { /* wet highlights */
-        float a = (fine - 0.82f) / 0.18f * 0.55f;
+      if (fine > 0.84f) { /* wet highlights */
+        float a = (fine - 0.84f) / 0.16f * 0.25f;
         for (int ch = 0; ch < 3; ch++) c[ch] += (250 - c[ch]) * a;
       }
-      float grain = (lattice(kg, x, y) - 0.5f) * 10;
+      float grain = (lattice(kg, x, y) - 0.5f) * 8;
       for (int ch = 0; ch < 3; ch++) c[ch] += grain;
       for (int i = 0; i < s->n; i++) {
         const vl_demo_instrument *in = &s->inst[i];
         float qw = 0.5f * (float)w, qh = 0.5f * (float)h, qs = fminf(qw, qh);
         float cx = ((float)(in->quadrant & 1) + 0.5f + in->dx) * qw;
         float cy = ((float)(in->quadrant >> 1) + 0.5f + in->dy) * qh;
-        float ex = fx - cx, ey = fy - cy, reach = 0.45f * qs + 1.5f; /* every shape lies within */
+        float ex = fx - cx, ey = fy - cy, reach = 0.5f * qs + 1.5f; /* every shape lies within */
         if (ex * ex + ey * ey > reach * reach) continue;
         float cover = 0, depth = 0;
         for (int sy = 0; sy < sub; sy++)
