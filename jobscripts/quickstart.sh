@@ -98,6 +98,7 @@ filter() {
   tr '\r' '\n' | awk -v k="$show" '
     /^step [0-9]+\// { split($2, a, "/"); if (a[1] % k == 0 || a[1] == a[2]) { print; fflush() } next }
     /^\[/ { next }
+    /^-----|^Primary job|^a non-zero exit|^mpirun|^the job to be terminated|^  Process name|^  Exit code/ { next }
     NF { print; fflush() }'
 }
 train_cmd=(mpirun -np 2 "$bin/vltrain" "$cfg")
@@ -108,8 +109,7 @@ job=$!
 shower=$!
 # interrupt once the run passes the halfway step, as Slurm's --signal would
 until grep -q "^step $half/" "$work/train1.log" 2>/dev/null || ! kill -0 $job 2>/dev/null; do sleep 0.2; done
-rank=$(pgrep -f -- "src/vltrain $cfg" | head -n 1 || true)
-[ -n "$rank" ] && kill -USR1 "$rank" 2>/dev/null || true
+kill -USR1 $job 2>/dev/null || true # mpirun forwards it to every rank
 rc=0
 wait $job || rc=$?
 wait $shower 2>/dev/null || true
