@@ -55,7 +55,7 @@ cd build
 make -j"$(nproc)" >/dev/null
 bin="$top/build/src"
 gpus=0
-if grep -q "define VL_HAVE_CUDA 1" config.h 2>/dev/null && command -v nvidia-smi >/dev/null; then
+if grep -q -- "-DVL_HAVE_CUDA=1" Makefile && command -v nvidia-smi >/dev/null; then
   gpus=$(nvidia-smi -L 2>/dev/null | grep -c "^GPU" || true)
 fi
 if [ "$gpus" -gt 0 ]; then
