@@ -64,6 +64,7 @@ set logscale x 2
 plot "< grep '^strong' $csv" using 2:9 with linespoints title "strong", \
      "< grep '^weak' $csv" using 2:9 with linespoints title "weak"
 EOG
+  [ -s "$out/scaling.png" ] || { echo "gnuplot did not draw $out/scaling.png"; exit 1; }
   echo "plot: $out/scaling.png"
 else
   echo "gnuplot not installed: no plot (apt-get install gnuplot-nox)"

@@ -1,12 +1,17 @@
-/* attention: segment-masked (optionally causal) multi-head attention with GQA,
- * flash-style — online softmax over key tiles in shared memory, no T x T
- * matrix.  Forward and the dQ pass are query-major (a warp per query row),
- * the dK/dV pass is key-major (a warp per key row), so no atomics.
- * Short segments: fp32 CUDA-core math, tiles of 32 keys; head_dim <= 128.
- * Segments of GEMM_PATH_MIN rows or more take the tensor-core path below
- * (VL_ATTENTION_GEMM=0/1 forces one path), as does any head_dim > 128.
- * Rows outside [seg[0], seg[nseg]) are neither written nor given gradients
- * (ops.h); dqkv NULL skips the backward. */
+/* attention: segment-masked (optionally causal) multi-head attention with GQA.
+ * Three paths, chosen by shape (vl_cuda_attention_path names the one taken):
+ *   flash (the default): fused tensor-core kernels (mma.sync bf16, fp32
+ *     accumulation, online softmax, no L x L matrix anywhere) for head_dim
+ *     % 8 == 0 and <= 128 on 16-byte aligned tensors; see "flash path" below.
+ *   gemm: cuBLASLt products over query chunks with the chunk's C x L scores
+ *     in memory, for segments of GEMM_PATH_MIN rows or more and any
+ *     head_dim > 128.
+ *   cores: fp32 CUDA-core kernels, online softmax over key tiles in shared
+ *     memory; forward and the dQ pass query-major (a warp per query row),
+ *     the dK/dV pass key-major (a warp per key row), so no atomics.
+ * VL_ATTENTION_FLASH=0 turns the flash path off; VL_ATTENTION_GEMM=0/1
+ * forces cores/gemm.  Rows outside [seg[0], seg[nseg]) are neither written
+ * nor given gradients (ops.h); dqkv NULL skips the backward. */
 #include <stdlib.h>
 
 #include "cuda_common.h"
@@ -373,6 +378,543 @@ static int attn_gemm_backward(vl_ops *o, bf16 *dqkv, const bf16 *dout, const flo
   return VL_OK;
 }
 
+/* ---- flash path: fused tensor-core attention (mma.sync m16n8k16 bf16) -------
+ * FlashAttention-2 style.  A block owns BR = 16 NW rows (16 per warp) of one
+ * head inside one segment and streams tiles of BC columns of the other side
+ * through shared memory (cp.async, 2-3 stages); products run on mma.sync with
+ * fp32 accumulators in registers; nothing of size L x L touches memory.
+ *   forward: rows = queries, columns = keys; online softmax in base 2,
+ *            O = P V, lse saved (natural log).
+ *   dQ:      rows = queries; recomputes S and dP = dO V^T from lse and
+ *            D = rowsum(dO o O); dQ += dS K.
+ *   dK, dV:  rows = keys of one kv head, columns = queries of each q head of
+ *            its group; dV += P^T dO, dK += dS^T Q.
+ * Separate dQ and dK/dV passes cost two extra products (7 instead of 5) but
+ * need no atomics and no fp32 dQ buffer, and are deterministic.  head_dim is
+ * padded to DP (a multiple of 16) with zeros in shared memory.  Taken when
+ * head_dim % 8 == 0, head_dim <= 128 and the tensors are 16-byte aligned;
+ * VL_ATTENTION_FLASH=0 (or VL_ATTENTION_GEMM set) selects the older paths. */
+namespace flash {
+
+constexpr float LOG2E = 1.4426950408889634f, LN2 = 0.6931471805599453f;
+
+__device__ __forceinline__ uint32_t su32(const void *p) {
+  return (uint32_t)__cvta_generic_to_shared(p);
+}
+__device__ __forceinline__ void cp16(void *dst, const void *src, bool ok) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(su32(dst)), "l"(src),
+               "r"(ok ? 16 : 0));
+}
+__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N> __device__ __forceinline__ void cp_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+__device__ __forceinline__ void ldsm4(uint32_t r[4], const bf16 *p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(su32(p)));
+}
+__device__ __forceinline__ void ldsm4t(uint32_t r[4], const bf16 *p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(su32(p)));
+}
+__device__ __forceinline__ void mma(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+      "{%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+__device__ __forceinline__ uint32_t pack(float lo, float hi) {
+  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *(uint32_t *)&v;
+}
+__device__ __forceinline__ float ex2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+
+/* ROWS rows of a DP-wide zero-padded tile from global rows ld elements apart;
+ * rows >= nvalid and columns >= hd are zero-filled. */
+template <int ROWS, int DP, int NT>
+__device__ __forceinline__ void load_rows(bf16 *s, const bf16 *g, size_t ld, int nvalid, int hd) {
+  constexpr int CH = DP / 8, LDS = DP + 8;
+#pragma unroll
+  for (int e = threadIdx.x; e < ROWS * CH; e += NT) {
+    const int r = e / CH, c = e % CH;
+    const bool ok = r < nvalid && c * 8 < hd;
+    cp16(s + r * LDS + c * 8, ok ? g + (size_t)r * ld + c * 8 : g, ok);
+  }
+}
+
+/* A fragment (16 x 16) at rows r0, columns k0 of a row-major tile. */
+template <int LDS>
+__device__ __forceinline__ void frag_a(uint32_t a[4], const bf16 *s, int r0, int k0, int lane) {
+  const int mi = lane >> 3, rr = lane & 7;
+  ldsm4(a, s + (r0 + rr + (mi & 1) * 8) * LDS + k0 + (mi >> 1) * 8);
+}
+/* B fragments of two n-tiles (n0, n0 + 8) for k0..k0+15, B = Y^T with Y[n][k]
+ * row-major (keys x d for S = Q K^T): b[0], b[1] n-tile 0; b[2], b[3] n-tile 1. */
+template <int LDS>
+__device__ __forceinline__ void frag_bt(uint32_t b[4], const bf16 *s, int n0, int k0, int lane) {
+  const int mi = lane >> 3, rr = lane & 7;
+  ldsm4(b, s + (n0 + rr + (mi >> 1) * 8) * LDS + k0 + (mi & 1) * 8);
+}
+/* B fragments of two n-tiles for B = Z[k][n] row-major (keys x d for P V). */
+template <int LDS>
+__device__ __forceinline__ void frag_b(uint32_t b[4], const bf16 *s, int k0, int n0, int lane) {
+  const int mi = lane >> 3, rr = lane & 7;
+  ldsm4t(b, s + (k0 + rr + (mi & 1) * 8) * LDS + n0 + (mi >> 1) * 8);
+}
+
+/* Tile number `t` of BR rows, counted over the segments in order: its
+ * segment [b, e) and first row r0.  false past the last tile. */
+__device__ __forceinline__ bool find_tile(const int32_t *seg, int nseg, int t, int BR, int &b,
+                                          int &e, int &r0) {
+  for (int s = 0; s < nseg; s++) {
+    const int sb = seg[s], se = seg[s + 1], n = (se - sb + BR - 1) / BR;
+    if (t < n) {
+      b = sb; e = se; r0 = sb + t * BR;
+      return true;
+    }
+    t -= n;
+  }
+  return false;
+}
+
+/* S (16 MT x BC per warp) = A rows ra.. (own, shared) . B^T (tile rows, shared);
+ * each B fragment serves the warp's MT row tiles. */
+template <int DP, int BC, int MT>
+__device__ __forceinline__ void qk(float s[MT][BC / 8][4], const bf16 *sa, int ra, const bf16 *sb,
+                                   int lane) {
+  constexpr int LDS = DP + 8;
+#pragma unroll
+  for (int t = 0; t < MT; t++)
+#pragma unroll
+    for (int n = 0; n < BC / 8; n++) s[t][n][0] = s[t][n][1] = s[t][n][2] = s[t][n][3] = 0.0f;
+#pragma unroll
+  for (int k = 0; k < DP / 16; k++) {
+    uint32_t a[MT][4];
+#pragma unroll
+    for (int t = 0; t < MT; t++) frag_a<LDS>(a[t], sa, ra + 16 * t, k * 16, lane);
+#pragma unroll
+    for (int n = 0; n < BC / 16; n++) {
+      uint32_t b[4];
+      frag_bt<LDS>(b, sb, n * 16, k * 16, lane);
+#pragma unroll
+      for (int t = 0; t < MT; t++) {
+        mma(s[t][2 * n], a[t], b[0], b[1]);
+        mma(s[t][2 * n + 1], a[t], b[2], b[3]);
+      }
+    }
+  }
+}
+/* acc (16 MT x DP per warp) += P (16 MT x BC, accumulator layout) . Z (BC x DP, shared) */
+template <int DP, int BC, int MT>
+__device__ __forceinline__ void pv(float acc[MT][DP / 8][4], const float p[MT][BC / 8][4],
+                                   const bf16 *sz, int lane) {
+  constexpr int LDS = DP + 8;
+#pragma unroll
+  for (int k = 0; k < BC / 16; k++) {
+    uint32_t a[MT][4];
+#pragma unroll
+    for (int t = 0; t < MT; t++) {
+      a[t][0] = pack(p[t][2 * k][0], p[t][2 * k][1]);
+      a[t][1] = pack(p[t][2 * k][2], p[t][2 * k][3]);
+      a[t][2] = pack(p[t][2 * k + 1][0], p[t][2 * k + 1][1]);
+      a[t][3] = pack(p[t][2 * k + 1][2], p[t][2 * k + 1][3]);
+    }
+#pragma unroll
+    for (int n = 0; n < DP / 16; n++) {
+      uint32_t b[4];
+      frag_b<LDS>(b, sz, k * 16, n * 16, lane);
+#pragma unroll
+      for (int t = 0; t < MT; t++) {
+        mma(acc[t][2 * n], a[t], b[0], b[1]);
+        mma(acc[t][2 * n + 1], a[t], b[2], b[3]);
+      }
+    }
+  }
+}
+
+template <int DP, int NW, int BC, int MT, int ST, int MB>
+__global__ void __launch_bounds__(NW * 32, MB)
+    k_fwd(bf16 *out, float *lse, const bf16 *qkv, const int32_t *seg, int nseg, int T, int nh,
+          int nkv, int hd, float sl2, int causal, int ntiles) {
+  constexpr int BR = NW * 16 * MT, LDS = DP + 8, NT = NW * 32;
+  extern __shared__ __align__(16) unsigned char smem[];
+  bf16 *sQ = (bf16 *)smem, *sK = sQ + BR * LDS, *sV = sK + ST * BC * LDS;
+  const int h = blockIdx.x, g = h / (nh / nkv);
+  const int tile = causal ? ntiles - 1 - (int)blockIdx.y : (int)blockIdx.y; /* heavy first */
+  int b, e, q0;
+  if (!find_tile(seg, nseg, tile, BR, b, e, q0)) return;
+  const int W = (nh + 2 * nkv) * hd, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int kend = causal ? min(e, q0 + BR) : e, nt = (kend - b + BC - 1) / BC;
+  const bf16 *Kg = qkv + (size_t)b * W + (nh + g) * hd, *Vg = qkv + (size_t)b * W + (nh + nkv + g) * hd;
+  load_rows<BR, DP, NT>(sQ, qkv + (size_t)q0 * W + h * hd, W, e - q0, hd);
+  auto ld = [&](int p) { /* key tile p into its stage */
+    const int k = p * BC, sg = p % ST;
+    load_rows<BC, DP, NT>(sK + sg * BC * LDS, Kg + (size_t)k * W, W, kend - b - k, hd);
+    load_rows<BC, DP, NT>(sV + sg * BC * LDS, Vg + (size_t)k * W, W, kend - b - k, hd);
+  };
+#pragma unroll
+  for (int p = 0; p < ST - 1; p++) {
+    if (p < nt) ld(p);
+    cp_commit();
+  }
+  const int wr0 = q0 + warp * 16 * MT, row = wr0 + (lane >> 2), t4 = lane & 3;
+  float o[MT][DP / 8][4], m[MT][2], l[MT][2];
+#pragma unroll
+  for (int t = 0; t < MT; t++) {
+    m[t][0] = m[t][1] = -INFINITY;
+    l[t][0] = l[t][1] = 0.0f;
+#pragma unroll
+    for (int n = 0; n < DP / 8; n++) o[t][n][0] = o[t][n][1] = o[t][n][2] = o[t][n][3] = 0.0f;
+  }
+  for (int it = 0; it < nt; it++) {
+    const int st = it % ST, kb = b + it * BC;
+    if (it + ST - 1 < nt) ld(it + ST - 1);
+    cp_commit();
+    cp_wait<ST - 1>();
+    __syncthreads();
+    if (!(causal && kb > wr0 + 16 * MT - 1)) { /* some key of the tile is visible to this warp */
+      float s[MT][BC / 8][4];
+      qk<DP, BC, MT>(s, sQ, warp * 16 * MT, sK + st * BC * LDS, lane);
+      const bool full = kb + BC <= e && (!causal || kb + BC - 1 <= wr0);
+#pragma unroll
+      for (int t = 0; t < MT; t++)
+#pragma unroll
+        for (int n = 0; n < BC / 8; n++)
+#pragma unroll
+          for (int c = 0; c < 4; c++) {
+            const int j = kb + n * 8 + 2 * t4 + (c & 1), i = row + 16 * t + (c >> 1) * 8;
+            s[t][n][c] = (full || (j < e && (!causal || j <= i))) ? s[t][n][c] * sl2 : -INFINITY;
+          }
+#pragma unroll
+      for (int t = 0; t < MT; t++)
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+          float pm[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY}; /* 4 short chains */
+#pragma unroll
+          for (int n = 0; n < BC / 8; n++) {
+            pm[(2 * n) & 3] = fmaxf(pm[(2 * n) & 3], s[t][n][2 * r]);
+            pm[(2 * n + 1) & 3] = fmaxf(pm[(2 * n + 1) & 3], s[t][n][2 * r + 1]);
+          }
+          float mx = fmaxf(fmaxf(pm[0], pm[1]), fmaxf(pm[2], pm[3]));
+          mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+          mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+          const float mn = fmaxf(m[t][r], mx), base = mn == -INFINITY ? 0.0f : mn;
+          const float corr = ex2(m[t][r] - base);
+          float ps[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+          for (int n = 0; n < BC / 8; n++) {
+            s[t][n][2 * r] = ex2(s[t][n][2 * r] - base);
+            s[t][n][2 * r + 1] = ex2(s[t][n][2 * r + 1] - base);
+            ps[(2 * n) & 3] += s[t][n][2 * r];
+            ps[(2 * n + 1) & 3] += s[t][n][2 * r + 1];
+          }
+          l[t][r] = l[t][r] * corr + ((ps[0] + ps[1]) + (ps[2] + ps[3]));
+          m[t][r] = mn;
+#pragma unroll
+          for (int n = 0; n < DP / 8; n++) { o[t][n][2 * r] *= corr; o[t][n][2 * r + 1] *= corr; }
+        }
+      pv<DP, BC, MT>(o, s, sV + st * BC * LDS, lane);
+    }
+    __syncthreads();
+  }
+#pragma unroll
+  for (int t = 0; t < MT; t++)
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+      float lr = l[t][r];
+      lr += __shfl_xor_sync(0xffffffffu, lr, 1);
+      lr += __shfl_xor_sync(0xffffffffu, lr, 2);
+      const int i = row + 16 * t + r * 8;
+      if (i >= e) continue;
+      const float inv = lr > 0.0f ? 1.0f / lr : 0.0f;
+      bf16 *op = out + (size_t)i * nh * hd + h * hd;
+#pragma unroll
+      for (int n = 0; n < DP / 8; n++) {
+        const int c = n * 8 + 2 * t4;
+        if (c < hd) *(uint32_t *)(op + c) = pack(o[t][n][2 * r] * inv, o[t][n][2 * r + 1] * inv);
+      }
+      if (t4 == 0) lse[(size_t)h * T + i] = (m[t][r] + log2f(lr)) * LN2;
+    }
+}
+
+/* dQ pass: rows = queries of head h; dqkv's q columns += scale dS K */
+template <int DP, int NW, int BC, int MT, int ST, int MB>
+__global__ void __launch_bounds__(NW * 32, MB)
+    k_dq(bf16 *dqkv, const bf16 *dout, const float *D, const float *lse, const bf16 *qkv,
+         const int32_t *seg, int nseg, int T, int nh, int nkv, int hd, float scale, float sl2,
+         int causal, int ntiles) {
+  constexpr int BR = NW * 16 * MT, LDS = DP + 8, NT = NW * 32;
+  extern __shared__ __align__(16) unsigned char smem[];
+  bf16 *sQ = (bf16 *)smem, *sO = sQ + BR * LDS, *sK = sO + BR * LDS, *sV = sK + ST * BC * LDS;
+  const int h = blockIdx.x, g = h / (nh / nkv);
+  const int tile = causal ? ntiles - 1 - (int)blockIdx.y : (int)blockIdx.y;
+  int b, e, q0;
+  if (!find_tile(seg, nseg, tile, BR, b, e, q0)) return;
+  const int W = (nh + 2 * nkv) * hd, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int kend = causal ? min(e, q0 + BR) : e, nt = (kend - b + BC - 1) / BC;
+  const bf16 *Kg = qkv + (size_t)b * W + (nh + g) * hd, *Vg = qkv + (size_t)b * W + (nh + nkv + g) * hd;
+  load_rows<BR, DP, NT>(sQ, qkv + (size_t)q0 * W + h * hd, W, e - q0, hd);
+  load_rows<BR, DP, NT>(sO, dout + (size_t)q0 * nh * hd + h * hd, (size_t)nh * hd, e - q0, hd);
+  auto ld = [&](int p) { /* key tile p into its stage */
+    const int k = p * BC, sg = p % ST;
+    load_rows<BC, DP, NT>(sK + sg * BC * LDS, Kg + (size_t)k * W, W, kend - b - k, hd);
+    load_rows<BC, DP, NT>(sV + sg * BC * LDS, Vg + (size_t)k * W, W, kend - b - k, hd);
+  };
+#pragma unroll
+  for (int p = 0; p < ST - 1; p++) {
+    if (p < nt) ld(p);
+    cp_commit();
+  }
+  const int wr0 = q0 + warp * 16 * MT, row = wr0 + (lane >> 2), t4 = lane & 3;
+  float L2[MT][2], Dr[MT][2], acc[MT][DP / 8][4];
+#pragma unroll
+  for (int t = 0; t < MT; t++) {
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+      const int i = row + 16 * t + r * 8;
+      L2[t][r] = i < e ? lse[(size_t)h * T + i] * LOG2E : 0.0f;
+      Dr[t][r] = i < e ? D[(size_t)h * T + i] : 0.0f;
+    }
+#pragma unroll
+    for (int n = 0; n < DP / 8; n++) acc[t][n][0] = acc[t][n][1] = acc[t][n][2] = acc[t][n][3] = 0.0f;
+  }
+  for (int it = 0; it < nt; it++) {
+    const int st = it % ST, kb = b + it * BC;
+    if (it + ST - 1 < nt) ld(it + ST - 1);
+    cp_commit();
+    cp_wait<ST - 1>();
+    __syncthreads();
+    if (!(causal && kb > wr0 + 16 * MT - 1)) {
+      float s[MT][BC / 8][4], dp[MT][BC / 8][4];
+      qk<DP, BC, MT>(s, sQ, warp * 16 * MT, sK + st * BC * LDS, lane);
+      qk<DP, BC, MT>(dp, sO, warp * 16 * MT, sV + st * BC * LDS, lane);
+      const bool full = kb + BC <= e && (!causal || kb + BC - 1 <= wr0);
+#pragma unroll
+      for (int t = 0; t < MT; t++)
+#pragma unroll
+        for (int n = 0; n < BC / 8; n++)
+#pragma unroll
+          for (int c = 0; c < 4; c++) {
+            const int j = kb + n * 8 + 2 * t4 + (c & 1), i = row + 16 * t + (c >> 1) * 8;
+            const float p = (full || (j < e && (!causal || j <= i)))
+                                ? ex2(s[t][n][c] * sl2 - L2[t][c >> 1]) : 0.0f;
+            s[t][n][c] = p * (dp[t][n][c] - Dr[t][c >> 1]);
+          }
+      pv<DP, BC, MT>(acc, s, sK + st * BC * LDS, lane);
+    }
+    __syncthreads();
+  }
+#pragma unroll
+  for (int t = 0; t < MT; t++)
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+      const int i = row + 16 * t + r * 8;
+      if (i >= e) continue;
+      bf16 *dp = dqkv + (size_t)i * W + h * hd;
+#pragma unroll
+      for (int n = 0; n < DP / 8; n++) {
+        const int c = n * 8 + 2 * t4;
+        if (c < hd) {
+          const __nv_bfloat162 old = *(const __nv_bfloat162 *)(dp + c);
+          *(uint32_t *)(dp + c) = pack(__low2float(old) + scale * acc[t][n][2 * r],
+                                       __high2float(old) + scale * acc[t][n][2 * r + 1]);
+        }
+      }
+    }
+}
+
+/* dK/dV pass: rows = keys of kv head g; columns = queries of each q head of
+ * the group that see them. */
+template <int DP, int NW, int BC, int MT, int ST, int MB>
+__global__ void __launch_bounds__(NW * 32, MB)
+    k_dkv(bf16 *dqkv, const bf16 *dout, const float *D, const float *lse, const bf16 *qkv,
+          const int32_t *seg, int nseg, int T, int nh, int nkv, int hd, float scale, float sl2,
+          int causal) {
+  constexpr int BR = NW * 16 * MT, LDS = DP + 8, NT = NW * 32;
+  extern __shared__ __align__(16) unsigned char smem[];
+  bf16 *sK = (bf16 *)smem, *sV = sK + BR * LDS, *sQ = sV + BR * LDS, *sO = sQ + ST * BC * LDS;
+  float *sL = (float *)(sO + ST * BC * LDS), *sD = sL + ST * BC;
+  const int g = blockIdx.x, grp = nh / nkv;
+  int b, e, k0;
+  if (!find_tile(seg, nseg, blockIdx.y, BR, b, e, k0)) return;
+  const int W = (nh + 2 * nkv) * hd, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int qs = causal ? k0 : b, nq = (e - qs + BC - 1) / BC, nt = nq * grp;
+  load_rows<BR, DP, NT>(sK, qkv + (size_t)k0 * W + (nh + g) * hd, W, e - k0, hd);
+  load_rows<BR, DP, NT>(sV, qkv + (size_t)k0 * W + (nh + nkv + g) * hd, W, e - k0, hd);
+  auto stage = [&](int it) {
+    const int st = it % ST;
+    const int h = g * grp + it / nq, i0 = qs + (it % nq) * BC;
+    load_rows<BC, DP, NT>(sQ + st * BC * LDS, qkv + (size_t)i0 * W + h * hd, W, e - i0, hd);
+    load_rows<BC, DP, NT>(sO + st * BC * LDS, dout + (size_t)i0 * nh * hd + h * hd, (size_t)nh * hd, e - i0, hd);
+    for (int c = threadIdx.x; c < BC; c += NT) {
+      const int i = i0 + c;
+      sL[st * BC + c] = i < e ? lse[(size_t)h * T + i] * LOG2E : 0.0f;
+      sD[st * BC + c] = i < e ? D[(size_t)h * T + i] : 0.0f;
+    }
+  };
+#pragma unroll
+  for (int p = 0; p < ST - 1; p++) {
+    if (p < nt) stage(p);
+    cp_commit();
+  }
+  const int wr0 = k0 + warp * 16 * MT, row = wr0 + (lane >> 2), t4 = lane & 3;
+  float dk[MT][DP / 8][4], dv[MT][DP / 8][4];
+#pragma unroll
+  for (int t = 0; t < MT; t++)
+#pragma unroll
+    for (int n = 0; n < DP / 8; n++)
+#pragma unroll
+      for (int c = 0; c < 4; c++) dk[t][n][c] = dv[t][n][c] = 0.0f;
+  for (int it = 0; it < nt; it++) {
+    const int st = it % ST, i0 = qs + (it % nq) * BC;
+    if (it + ST - 1 < nt) stage(it + ST - 1);
+    cp_commit();
+    cp_wait<ST - 1>();
+    __syncthreads();
+    if (!(causal && i0 + BC - 1 < wr0)) { /* some query of the tile sees these keys */
+      float s[MT][BC / 8][4], dp[MT][BC / 8][4];
+      const bf16 *q = sQ + st * BC * LDS, *dO = sO + st * BC * LDS;
+      const float *Lt = sL + st * BC, *Dt = sD + st * BC;
+      qk<DP, BC, MT>(s, sK, warp * 16 * MT, q, lane);
+      qk<DP, BC, MT>(dp, sV, warp * 16 * MT, dO, lane);
+      const bool full = i0 + BC <= e && (!causal || i0 >= wr0 + 16 * MT - 1);
+#pragma unroll
+      for (int t = 0; t < MT; t++)
+#pragma unroll
+        for (int n = 0; n < BC / 8; n++)
+#pragma unroll
+          for (int c = 0; c < 4; c++) {
+            const int cc = n * 8 + 2 * t4 + (c & 1), i = i0 + cc, j = row + 16 * t + (c >> 1) * 8;
+            const float p = (full || (i < e && (!causal || i >= j))) ? ex2(s[t][n][c] * sl2 - Lt[cc]) : 0.0f;
+            s[t][n][c] = p;
+            dp[t][n][c] = p * (dp[t][n][c] - Dt[cc]);
+          }
+      pv<DP, BC, MT>(dv, s, dO, lane);
+      pv<DP, BC, MT>(dk, dp, q, lane);
+    }
+    __syncthreads();
+  }
+#pragma unroll
+  for (int t = 0; t < MT; t++)
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+      const int j = row + 16 * t + r * 8;
+      if (j >= e) continue;
+      bf16 *pk = dqkv + (size_t)j * W + (nh + g) * hd, *pV = dqkv + (size_t)j * W + (nh + nkv + g) * hd;
+#pragma unroll
+      for (int n = 0; n < DP / 8; n++) {
+        const int c = n * 8 + 2 * t4;
+        if (c < hd) {
+          __nv_bfloat162 old = *(const __nv_bfloat162 *)(pk + c);
+          *(uint32_t *)(pk + c) = pack(__low2float(old) + scale * dk[t][n][2 * r],
+                                       __high2float(old) + scale * dk[t][n][2 * r + 1]);
+          old = *(const __nv_bfloat162 *)(pV + c);
+          *(uint32_t *)(pV + c) = pack(__low2float(old) + dv[t][n][2 * r], __high2float(old) + dv[t][n][2 * r + 1]);
+        }
+      }
+    }
+}
+
+/* Tiles of BR rows over all segments (the grid's y extent). */
+static int count_tiles(const int32_t *seg_host, int nseg, int BR) {
+  int n = 0;
+  for (int s = 0; s < nseg; s++) n += (seg_host[s + 1] - seg_host[s] + BR - 1) / BR;
+  return n;
+}
+
+template <typename K>
+static int set_smem(K kernel, size_t bytes, const char *what) {
+  if (bytes > 48 * 1024) {
+    cudaError_t rc = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes);
+    if (rc != cudaSuccess)
+      VL_ERROR(VL_ECUDA, "cudaFuncSetAttribute(%s, %zu bytes of shared memory) failed: %s", what,
+               bytes, cudaGetErrorString(rc));
+  }
+  return VL_OK;
+}
+
+/* Block shapes per kernel and head width DP: warps NW, row tiles of 16 per
+ * warp MT (a B fragment serves MT products), columns per tile BC, shared-
+ * memory stages ST, minimum resident blocks MB (a register cap).  Chosen by
+ * measurement on an H100 at the 8B shapes among 2-3 candidates each
+ * (VL_ATTENTION_BENCH=1; tests/bench/results/attention-h100.txt); every
+ * kernel is limited by latency at 8-12 resident warps per SM. */
+template <int DP> struct cfg_fwd {
+  enum {
+    NW = DP == 80 ? 8 : 4, MT = DP == 80 ? 1 : 2, BC = DP == 128 ? 32 : 64,
+    ST = DP >= 80 ? 3 : 2, MB = DP == 80 ? 2 : 1
+  };
+};
+template <int DP> struct cfg_dq {
+  enum { NW = 4, MT = 2, BC = DP == 128 ? 16 : 32, ST = DP >= 80 ? 3 : 2, MB = 1 };
+};
+template <int DP> struct cfg_dkv {
+  enum { NW = 4, MT = 1, BC = DP == 128 ? 32 : 64, ST = DP == 80 ? 3 : 2, MB = 1 };
+};
+
+template <int DP>
+static int forward(vl_ops *o, bf16 *out, float *lse, const bf16 *qkv, const int32_t *seg,
+                   const int32_t *seg_host, int nseg, int T, int nh, int nkv, int hd, float scale,
+                   int causal) {
+  constexpr int NW = cfg_fwd<DP>::NW, MT = cfg_fwd<DP>::MT, BC = cfg_fwd<DP>::BC;
+  constexpr int BR = NW * 16 * MT, LDS = DP + 8;
+  const int nt = count_tiles(seg_host, nseg, BR);
+  if (nt == 0) return VL_OK;
+  constexpr int ST = cfg_fwd<DP>::ST, MB = cfg_fwd<DP>::MB;
+  const size_t sm = (size_t)(BR + 2 * ST * BC) * LDS * sizeof(bf16);
+  VL_CALL(set_smem(k_fwd<DP, NW, BC, MT, ST, MB>, sm, "flash forward"));
+  k_fwd<DP, NW, BC, MT, ST, MB><<<dim3(nh, nt), NW * 32, sm, vl_ctx(o)->stream>>>(
+      out, lse, qkv, seg, nseg, T, nh, nkv, hd, scale * LOG2E, causal, nt);
+  LAUNCH_CHECK("flash attention forward");
+  return VL_OK;
+}
+
+template <int DP>
+static int backward(vl_ops *o, bf16 *dqkv, const bf16 *dout, const float *D, const float *lse,
+                    const bf16 *qkv, const int32_t *seg, const int32_t *seg_host, int nseg, int T,
+                    int nh, int nkv, int hd, float scale, int causal) {
+  constexpr int LDS = DP + 8;
+  cudaStream_t st = vl_ctx(o)->stream;
+  {
+    constexpr int NW = cfg_dq<DP>::NW, MT = cfg_dq<DP>::MT, BC = cfg_dq<DP>::BC;
+    constexpr int BR = NW * 16 * MT;
+    const int nt = count_tiles(seg_host, nseg, BR);
+    if (nt == 0) return VL_OK;
+    constexpr int ST = cfg_dq<DP>::ST, MB = cfg_dq<DP>::MB;
+    const size_t sm = (size_t)(2 * BR + 2 * ST * BC) * LDS * sizeof(bf16);
+    VL_CALL(set_smem(k_dq<DP, NW, BC, MT, ST, MB>, sm, "flash dQ"));
+    k_dq<DP, NW, BC, MT, ST, MB><<<dim3(nh, nt), NW * 32, sm, st>>>(
+        dqkv, dout, D, lse, qkv, seg, nseg, T, nh, nkv, hd, scale, scale * LOG2E, causal, nt);
+    LAUNCH_CHECK("flash attention dQ");
+  }
+  {
+    constexpr int NW = cfg_dkv<DP>::NW, MT = cfg_dkv<DP>::MT, BC = cfg_dkv<DP>::BC;
+    constexpr int BR = NW * 16 * MT;
+    const int nt = count_tiles(seg_host, nseg, BR);
+    constexpr int ST = cfg_dkv<DP>::ST, MB = cfg_dkv<DP>::MB;
+    const size_t sm = (size_t)(2 * BR + 2 * ST * BC) * LDS * sizeof(bf16) + 2 * ST * BC * sizeof(float);
+    VL_CALL(set_smem(k_dkv<DP, NW, BC, MT, ST, MB>, sm, "flash dK/dV"));
+    k_dkv<DP, NW, BC, MT, ST, MB><<<dim3(nkv, nt), NW * 32, sm, st>>>(
+        dqkv, dout, D, lse, qkv, seg, nseg, T, nh, nkv, hd, scale, scale * LOG2E, causal);
+    LAUNCH_CHECK("flash attention dK/dV");
+  }
+  return VL_OK;
+}
+
+} /* namespace flash */
+
+/* head_dim padded to an instantiated width (a multiple of 16), 0 = none */
+static int flash_width(int hd) {
+  if (hd % 8 || hd > 128) return 0;
+  return hd <= 16 ? 16 : hd <= 32 ? 32 : hd <= 64 ? 64 : hd <= 80 ? 80 : 128;
+}
+
 /* The CPU backend's checks of shapes and host offsets (ops.h). */
 static int check_att(const char *op, const int32_t *seg, const int32_t *seg_host, int nseg, int T,
                      int nh, int nkv, int hd) {
@@ -387,6 +929,19 @@ static int check_att(const char *op, const int32_t *seg, const int32_t *seg_host
                seg_host[s], seg_host[s + 1], T);
   return VL_OK;
 }
+
+/* The flash path (the default): its widths, 16-byte aligned tensors, and
+ * neither VL_ATTENTION_FLASH=0 nor VL_ATTENTION_GEMM set.  0 = not taken. */
+static int use_flash(int hd, const void *a, const void *b, const void *c, const void *d) {
+  const char *env = getenv("VL_ATTENTION_FLASH");
+  if ((env && atoi(env) == 0) || getenv("VL_ATTENTION_GEMM")) return 0;
+  if ((((uintptr_t)a | (uintptr_t)b | (uintptr_t)c | (uintptr_t)d) & 15) != 0) return 0;
+  return flash_width(hd);
+}
+
+/* Which path a call of these shapes takes: "flash", "gemm" or "cores"
+ * (benchmarks and tests print it). */
+extern "C" const char *vl_cuda_attention_path(const int32_t *seg_host, int nseg, int hd);
 
 /* The tensor-core path: forced by VL_ATTENTION_GEMM=0/1, else taken when a
  * segment is long; always for head_dim > MAXD (the CUDA-core kernels' limit). */
@@ -404,6 +959,14 @@ static int cu_attn_forward(vl_ops *o, vl_t *out, float *lse, const vl_t *qkv, co
                            float scale, int causal) {
   VL_CALL(check_att("attention_forward", seg, seg_host, nseg, T, nh, nkv, hd));
   if (T == 0 || nseg == 0) return VL_OK;
+  switch (use_flash(hd, out, qkv, qkv, out)) {
+  case 16: return flash::forward<16>(o, (bf16 *)out, lse, (const bf16 *)qkv, seg, seg_host, nseg, T, nh, nkv, hd, scale, causal);
+  case 32: return flash::forward<32>(o, (bf16 *)out, lse, (const bf16 *)qkv, seg, seg_host, nseg, T, nh, nkv, hd, scale, causal);
+  case 64: return flash::forward<64>(o, (bf16 *)out, lse, (const bf16 *)qkv, seg, seg_host, nseg, T, nh, nkv, hd, scale, causal);
+  case 80: return flash::forward<80>(o, (bf16 *)out, lse, (const bf16 *)qkv, seg, seg_host, nseg, T, nh, nkv, hd, scale, causal);
+  case 128: return flash::forward<128>(o, (bf16 *)out, lse, (const bf16 *)qkv, seg, seg_host, nseg, T, nh, nkv, hd, scale, causal);
+  default: break;
+  }
   if (use_gemm_path(seg_host, nseg, hd)) {
     for (int s = 0; s < nseg; s++)
       VL_CALL(attn_gemm_forward(o, (bf16 *)out, lse, (const bf16 *)qkv, seg_host[s], seg_host[s + 1],
@@ -428,6 +991,16 @@ static int cu_attn_backward(vl_ops *o, vl_t *dqkv, const vl_t *dout, const vl_t 
   VL_CALL(vl_cuda_scratch(o, VL_SCRATCH_B, (size_t)T * nh * sizeof(float), (void **)&D));
   k_attn_D<<<vl_blocks((size_t)T * nh, WARPS), WARPS * 32, 0, c->stream>>>(D, (const bf16 *)dout, (const bf16 *)out, T, nh, hd);
   LAUNCH_CHECK("attention_D");
+  const bf16 *dO = (const bf16 *)dout, *X = (const bf16 *)qkv;
+  bf16 *dX = (bf16 *)dqkv;
+  switch (use_flash(hd, dqkv, dout, qkv, out)) {
+  case 16: return flash::backward<16>(o, dX, dO, D, lse, X, seg, seg_host, nseg, T, nh, nkv, hd, scale, causal);
+  case 32: return flash::backward<32>(o, dX, dO, D, lse, X, seg, seg_host, nseg, T, nh, nkv, hd, scale, causal);
+  case 64: return flash::backward<64>(o, dX, dO, D, lse, X, seg, seg_host, nseg, T, nh, nkv, hd, scale, causal);
+  case 80: return flash::backward<80>(o, dX, dO, D, lse, X, seg, seg_host, nseg, T, nh, nkv, hd, scale, causal);
+  case 128: return flash::backward<128>(o, dX, dO, D, lse, X, seg, seg_host, nseg, T, nh, nkv, hd, scale, causal);
+  default: break;
+  }
   if (use_gemm_path(seg_host, nseg, hd)) {
     for (int s = 0; s < nseg; s++)
       VL_CALL(attn_gemm_backward(o, (bf16 *)dqkv, (const bf16 *)dout, lse, D, (const bf16 *)qkv,
@@ -442,6 +1015,12 @@ static int cu_attn_backward(vl_ops *o, vl_t *dqkv, const vl_t *dout, const vl_t 
                                                 (const bf16 *)qkv, seg, nseg, T, nh, nkv, hd, scale, causal);
   LAUNCH_CHECK("attention_dkv");
   return VL_OK;
+}
+
+extern "C" const char *vl_cuda_attention_path(const int32_t *seg_host, int nseg, int hd) {
+  static const char probe[16] __attribute__((aligned(16))) = {0};
+  if (use_flash(hd, probe, probe, probe, probe)) return "flash";
+  return use_gemm_path(seg_host, nseg, hd) ? "gemm" : "cores";
 }
 
 void vl_cuda_register_attention(vl_ops *o) {

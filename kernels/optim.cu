@@ -3,6 +3,7 @@
 #include <math.h>
 
 #include "cuda_common.h"
+#include "sround.h"
 
 /* *out += sum of (a - b)^2, b NULL meaning 0: the sum of squares */
 __global__ void k_sumsq(double *out, const bf16 *a, const bf16 *b, size_t n) {
@@ -63,7 +64,44 @@ static int cu_adamw(vl_ops *o, float *master, float *m, float *v, const vl_t *gr
   return VL_OK;
 }
 
+/* The lean update (ops.h adamw_lean): every operation rounded as the CPU
+ * backend rounds it (no fused multiply-adds), so the two agree bitwise. */
+__global__ void k_adamw_lean(float *m, float *v, const bf16 *grad, bf16 *param, size_t n,
+                             float b1, float b2, float eps, float gs, float step, float bc2s,
+                             float decay, float c1, float c2, uint64_t seed, size_t index0) {
+  size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  const float g = __fmul_rn(gs, __bfloat162float(grad[i]));
+  const float mi = __fadd_rn(__fmul_rn(b1, m[i]), __fmul_rn(c1, g));
+  const float vi = __fadd_rn(__fmul_rn(b2, v[i]), __fmul_rn(__fmul_rn(c2, g), g));
+  const float den = __fadd_rn(__fdiv_rn(__fsqrt_rn(vi), bc2s), eps);
+  float p = __fmul_rn(__bfloat162float(param[i]), decay);
+  p = __fsub_rn(p, __fdiv_rn(__fmul_rn(step, mi), den));
+  m[i] = mi;
+  v[i] = vi;
+  __nv_bfloat16_raw r;
+  r.x = vl_sr_bf16_bits(p, vl_sr_hash((uint64_t)(index0 + i), seed));
+  param[i] = bf16(r);
+}
+
+static int cu_adamw_lean(vl_ops *o, float *m, float *v, const vl_t *grad, vl_t *param, size_t n,
+                         float lr, float b1, float b2, float eps, float wd, float gs, int t,
+                         uint64_t seed, size_t index0) {
+  if (t < 1) VL_ERROR(VL_EINVAL, "adamw_lean: step %d (steps count from 1)", t);
+  const double bc1 = 1.0 - pow(b1, t), bc2 = 1.0 - pow(b2, t);
+  /* the scalar factors exactly as the CPU backend forms them (fp32) */
+  const float step = (float)(lr / bc1), bc2s = (float)sqrt(bc2);
+  volatile float lw = lr * wd, nb1 = 1.0f - b1, nb2 = 1.0f - b2;
+  const float decay = 1.0f - lw;
+  k_adamw_lean<<<vl_blocks(n, 256), 256, 0, vl_ctx(o)->stream>>>(
+      m, v, (const bf16 *)grad, (bf16 *)param, n, b1, b2, eps, gs, step, bc2s, decay, nb1, nb2,
+      seed, index0);
+  LAUNCH_CHECK("adamw_lean");
+  return VL_OK;
+}
+
 void vl_cuda_register_optim(vl_ops *o) {
+  o->adamw_lean = cu_adamw_lean;
   o->sumsq = cu_sumsq;
   o->diff_sumsq = cu_diff_sumsq;
   o->adamw = cu_adamw;

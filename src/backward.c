@@ -1,6 +1,8 @@
 /* backward: the model's backward pass over ops.h, the mirror of forward.c.
  * Every op accumulates into its gradients; scratch buffers are zeroed before
- * each use.  The residual-stream gradient lives in g->dres throughout. */
+ * each use.  The residual-stream gradient lives in g->dres throughout.
+ * With g->recompute each layer's activations are rebuilt from its input
+ * (vl_graph_layer_forward) just before its backward. */
 #include <math.h>
 
 #include "err.h"
@@ -60,6 +62,7 @@ static int vision_backward(vl_graph *g) {
         VL_CALL(merger_backward(g, &m->deepstack[k], &g->ds[k], A->x_out, d_feat, dv));
       }
     const vl_t *x_in = l ? g->vlayers[l - 1].x_out : g->vx0;
+    if (g->recompute) VL_CALL(vl_graph_layer_forward(g, 1, l, x_in, 0));
     /* MLP branch: dv = d x_out */
     VL_CALL(zero(g, g->d_a, (size_t)P * Vi));
     VL_CALL(o->matmul_backward(o, g->d_a, GRAD(B->fc2_w), GRAD(B->fc2_b), dv, A->act,
@@ -119,6 +122,7 @@ static int text_backward(vl_graph *g) {
     if (l < nds) /* DeepStack features were added to this layer's output */
       VL_CALL(o->rows_gather(o, (char *)g->d_ds + (size_t)l * ds_stride, dres, g->visual_pos,
                              g->n_visual, H, 1));
+    if (g->recompute) VL_CALL(vl_graph_layer_forward(g, 0, l, x_in, 0));
     /* MLP branch */
     VL_CALL(zero(g, g->d_a, (size_t)T * I));
     VL_CALL(o->matmul_backward(o, g->d_a, GRAD(Lp->down_w), NULL, dres, A->act,
@@ -157,20 +161,11 @@ static int text_backward(vl_graph *g) {
   return VL_OK;
 }
 
-/* True when no vision-side parameter wants a gradient (frozen tower). */
-static int vision_frozen(const vl_graph *g) {
-  for (int i = 0; i < g->m->n_params; i++) {
-    const vl_param *p = &g->m->params[i];
-    if ((p->group == VL_GROUP_VISION || p->group == VL_GROUP_MERGER) && !p->frozen) return 0;
-  }
-  return 1;
-}
-
 int vl_graph_backward(vl_graph *g) {
   double t0 = vl_graph_clock(g);
   VL_CALL(text_backward(g));
   double t1 = vl_graph_clock(g);
-  if (g->P > 0 && !vision_frozen(g)) VL_CALL(vision_backward(g));
+  if (g->P > 0 && !vl_graph_vision_frozen(g->m)) VL_CALL(vision_backward(g));
   double t2 = vl_graph_clock(g);
   g->phase_s[3] += t1 - t0;
   g->phase_s[4] += t2 - t1;

@@ -14,9 +14,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <yaml.h>
 
 #include "err.h"
+#include "hfconfig.h"
 
 #ifndef VL_INPUTS_DIR
 #define VL_INPUTS_DIR "inputs"
@@ -85,6 +87,7 @@ static const key_desc keys[] = {
   {"model.tokens.vision_end_token_id", K_INT, OFF(model.tokens.vision_end_token_id), 0, 1 << 24, NULL, 1, NULL, 0, "<|vision_end|>"},
   {"train.micro_batch", K_INT, OFF(train.micro_batch), 1, 1024, "1", 0, NULL, 0, "samples per rank per micro-step"},
   {"train.grad_accum", K_INT, OFF(train.grad_accum), 1, 65536, "8", 0, NULL, 0, "micro-steps per optimizer step"},
+  {"train.global_batch", K_INT, OFF(train.global_batch), 0, INT_MAX, "0", 0, NULL, 0, "samples per optimizer step (0: ranks x micro_batch x grad_accum; else grad_accum = global_batch / (ranks x micro_batch), which must divide)"},
   {"train.max_seq_len", K_INT, OFF(train.max_seq_len), 1, 1 << 22, "2900", 0, NULL, 0, "LLM tokens per sample"},
   {"train.max_vision_patches", K_INT, OFF(train.max_vision_patches), 0, 1 << 24, "8960", 0, NULL, 0, "vision patches per sample"},
   {"train.steps", K_INT, OFF(train.steps), 0, INT_MAX, "100", 0, NULL, 0, "optimizer steps"},
@@ -99,6 +102,7 @@ static const key_desc keys[] = {
   {"train.recompute", K_BOOL, OFF(train.recompute), 0, 1, "false", 0, NULL, 0, "recompute activations per layer"},
   {"train.optimizer", K_ENUM, OFF(train.optimizer), 0, 0, "zero1", 0, optims, 0, "zero1: fp32 master+moments sharded; lean: 12 B/param"},
   {"train.freeze", K_STRING, OFF(train.freeze), 0, 256, "\"\"", 0, NULL, 0, "comma-separated name patterns to freeze"},
+  {"train.decay_also", K_STRING, OFF(train.decay_also), 0, 256, "\"\"", 0, NULL, 0, "comma-separated name patterns of norms, biases and embeddings that get weight decay too (\"*\": every parameter; by default they get none)"},
   {"train.eval_every", K_INT, OFF(train.eval_every), 0, INT_MAX, "0", 0, NULL, 0, "steps between validation losses (0: at the end)"},
   {"train.eval_samples", K_INT, OFF(train.eval_samples), 0, 1 << 30, "16", 0, NULL, 0, "validation samples per evaluation: the first N of run.data's val split (0: none)"},
   {"train.stats_every", K_INT, OFF(train.stats_every), 0, INT_MAX, "10", 0, NULL, 0, "steps between rows of OUT/gradstats.h5 (0: off)"},
@@ -135,6 +139,14 @@ typedef struct {
   int section_line[MAX_SECTIONS];
   int n_sections;
   size_t text_len, text_cap;
+  /* vl_config_load_text: the files' texts come from a merged config text */
+  int chain;                 /* 1: includes are the next "# --- file:" segment */
+  int n_segs, next_seg;
+  const char *seg_name[VL_CONFIG_MAX_INCLUDE + 1], *seg_text[VL_CONFIG_MAX_INCLUDE + 1];
+  size_t seg_name_len[VL_CONFIG_MAX_INCLUDE + 1], seg_len[VL_CONFIG_MAX_INCLUDE + 1];
+  const char *hf_text;       /* its "# --- config.json:" segment, or NULL */
+  size_t hf_len;
+  char hf_path[VL_PATH_MAX + 16]; /* model.path/config.json, for messages */
 } load_state;
 
 const char *vl_act_name(vl_act_kind act) {
@@ -520,6 +532,22 @@ static int load_include(vl_config *cfg, load_state *st, const char *file, yaml_n
              vn->type == YAML_SCALAR_NODE ? "nothing" : node_kind(vn));
   const char *name = (const char *)vn->data.scalar.value;
   char inc[VL_PATH_MAX + 512];
+  if (st->chain) { /* the next segment of the merged text is this include */
+    if (st->next_seg >= st->n_segs)
+      VL_ERROR(VL_EINVAL, "%s:%d: include: '%s' is not in the merged config text", file, line, name);
+    int i = st->next_seg++;
+    snprintf(inc, sizeof inc, "%.*s", (int)st->seg_name_len[i], st->seg_name[i]);
+    if (st->n_files > VL_CONFIG_MAX_INCLUDE)
+      VL_ERROR(VL_EINVAL, "%s:%d: include: expected includes nested at most %d deep", file, line,
+               VL_CONFIG_MAX_INCLUDE);
+    st->canon[st->n_files] = strdup(inc);
+    st->files[st->n_files] = strdup(inc);
+    st->n_files++;
+    if (!st->files[st->n_files - 1] || !st->canon[st->n_files - 1])
+      VL_ERROR(VL_ENOMEM, "config: out of memory");
+    VL_CALL(load_file(cfg, st, st->seg_text[i], st->seg_len[i]));
+    return VL_OK;
+  }
   if (resolve_include(inc, sizeof inc, file, name)) {
     if (name[0] == '/') VL_ERROR(VL_EINVAL, "%s:%d: include: cannot find '%s'", file, line, name);
     VL_ERROR(VL_EINVAL, "%s:%d: include: cannot find '%s' (looked next to %s and in %s)", file,
@@ -662,6 +690,9 @@ static int check(const vl_config *c, const load_state *st) {
     VL_ERROR(VL_EINVAL, "%s:%d: %s: qwen2-vl has no learned position grid and no DeepStack "
              "(expected num_position_embeddings 0 and deepstack_visual_indexes [])",
              WHERE("model.family"));
+  if (c->model.family == VL_FAMILY_QWEN2_VL && t->mrope_interleaved)
+    VL_ERROR(VL_EINVAL, "%s:%d: %s: qwen2-vl's M-RoPE is sectioned (expected "
+             "mrope_interleaved: false)", WHERE("model.text.mrope_interleaved"));
 #undef WHERE
   return VL_OK;
 }
@@ -682,13 +713,105 @@ static int apply_defaults(vl_config *cfg) {
   return VL_OK;
 }
 
+/* Bytes of key k's value in vl_config (for comparing two values). */
+static size_t key_bytes(const key_desc *k) {
+  switch (k->type) {
+  case K_U64: return sizeof(uint64_t);
+  case K_DOUBLE: return sizeof(double);
+  case K_STRING: return (size_t)k->max;
+  case K_INTLIST: return (size_t)k->max * sizeof(int);
+  default: return sizeof(int);
+  }
+}
+
+/* model.path naming a folder: its config.json gives the model keys, over
+ * the presets (included files).  A model key that the top-level file sets
+ * to another value is an error naming both; an equal one is fine. */
+static int apply_hf_config(vl_config *cfg, load_state *st) {
+  if (!cfg->model.path[0]) return VL_OK;
+  char *own = NULL;
+  const char *json;
+  if (st->hf_text) {
+    own = strndup(st->hf_text, st->hf_len);
+    if (!own) VL_ERROR(VL_ENOMEM, "config: out of memory");
+    json = own;
+    snprintf(st->hf_path, sizeof st->hf_path, "%s/config.json", cfg->model.path);
+  } else {
+    struct stat sb;
+    if (stat(cfg->model.path, &sb) == 0 && !S_ISDIR(sb.st_mode)) return VL_OK; /* a .safetensors file */
+    int k = find_key("model.path");
+    if (stat(cfg->model.path, &sb))
+      VL_ERROR(VL_EINVAL, "%s:%d: model.path: cannot open '%s': %s", st->set[k] ? st->file[k] : cfg->source,
+               st->set[k] ? st->line[k] : 1, cfg->model.path, strerror(errno));
+    VL_CALL(vl_hfconfig_read_file(cfg->model.path, &own, st->hf_path, sizeof st->hf_path));
+    json = own;
+  }
+  vl_hf_kv kv[VL_HF_MAX_KEYS];
+  int n = 0, rc = VL_OK;
+  vl_config *tmp = malloc(sizeof *tmp);
+  if (!tmp) VL_ERROR_GOTO(rc, done, VL_ENOMEM, "config: out of memory");
+  VL_CALL_GOTO(rc, done, vl_hfconfig_parse(json, st->hf_path, kv, &n));
+  for (int i = 0; i < n; i++) {
+    int k = find_key(kv[i].key);
+    if (k < 0) VL_ERROR_GOTO(rc, done, VL_EINVAL, "internal: hfconfig key %s unknown", kv[i].key);
+    const key_desc *kd = &keys[k];
+    *tmp = *cfg;
+    yaml_document_t d;
+    char where[VL_PATH_MAX + 96];
+    snprintf(where, sizeof where, "%s (%s)", st->hf_path, kv[i].source);
+    VL_CALL_GOTO(rc, done, parse_doc(&d, where, kv[i].value, strlen(kv[i].value)));
+    yaml_node_t *nd = yaml_document_get_root_node(&d);
+    rc = nd ? set_value(tmp, kd, &d, nd, where)
+            : vl_err_raise(VL_EINVAL, __FILE__, __LINE__, __func__, "%s: %s: empty value", where, kd->name);
+    yaml_document_delete(&d);
+    if (rc) goto done;
+    char *dst = (char *)cfg + kd->offset;
+    const char *src = (const char *)tmp + kd->offset;
+    int differs = memcmp(dst, src, key_bytes(kd)) != 0;
+    if (kd->type == K_INTLIST && kd->count_offset != SIZE_MAX)
+      differs |= *(int *)((char *)cfg + kd->count_offset) != *(int *)((char *)tmp + kd->count_offset);
+    if (differs && st->set[k] && st->file[k] == st->files[0])
+      VL_ERROR_GOTO(rc, done, VL_EINVAL, "%s:%d: %s: conflicts with %s = %s in %s (the model "
+                    "folder's config.json decides the architecture: remove the key or make it equal)",
+                    st->file[k], st->line[k], kd->name, kv[i].source, kv[i].value, st->hf_path);
+    memcpy(dst, src, key_bytes(kd));
+    if (kd->type == K_INTLIST && kd->count_offset != SIZE_MAX)
+      *(int *)((char *)cfg + kd->count_offset) = *(int *)((char *)tmp + kd->count_offset);
+    if (!(st->set[k] && st->file[k] == st->files[0])) {
+      st->set[k] = 1;
+      st->file[k] = st->hf_path;
+      st->line[k] = 1;
+    }
+  }
+  /* keep config.json in the merged text, so a checkpoint is self-contained */
+  {
+    char head[VL_PATH_MAX + 64];
+    snprintf(head, sizeof head, "config.json: %s", cfg->model.path);
+    size_t need = st->text_len + strlen(json) + strlen(head) + 32;
+    if (need > st->text_cap) {
+      char *nt = realloc(cfg->text, need * 2);
+      if (!nt) VL_ERROR_GOTO(rc, done, VL_ENOMEM, "config text: out of memory");
+      cfg->text = nt;
+      st->text_cap = need * 2;
+    }
+    st->text_len += (size_t)sprintf(cfg->text + st->text_len, "# --- %s\n%s", head, json);
+    if (cfg->text[st->text_len - 1] != '\n') cfg->text[st->text_len++] = '\n';
+    cfg->text[st->text_len] = '\0';
+  }
+done:
+  free(tmp);
+  free(own);
+  return rc;
+}
+
 /* `name` is the top-level file's name; `canon` its real path (or NULL). */
 static int load_common(vl_config *cfg, const char *name, const char *canon, const char *text,
-                       size_t len) {
+                       size_t len, const load_state *chain) {
   memset(cfg, 0, sizeof *cfg);
   snprintf(cfg->source, sizeof cfg->source, "%s", name);
   load_state *st = calloc(1, sizeof *st);
   if (!st) VL_ERROR(VL_ENOMEM, "config: out of memory");
+  if (chain) *st = *chain;
   int rc = VL_OK;
   st->files[0] = strdup(name);
   st->canon[0] = strdup(canon ? canon : name);
@@ -697,6 +820,7 @@ static int load_common(vl_config *cfg, const char *name, const char *canon, cons
     VL_ERROR_GOTO(rc, done, VL_ENOMEM, "config: out of memory");
   VL_CALL_GOTO(rc, done, apply_defaults(cfg));
   VL_CALL_GOTO(rc, done, load_file(cfg, st, text, len));
+  VL_CALL_GOTO(rc, done, apply_hf_config(cfg, st));
   VL_CALL_GOTO(rc, done, check(cfg, st));
 done:
   for (int i = 0; i < st->n_files; i++) {
@@ -718,7 +842,7 @@ int vl_config_load(vl_config *cfg, const char *path) {
   int err = read_whole(path, &text, &len);
   if (err) VL_ERROR(VL_EIO, "%s: cannot read the config: %s", path, strerror(err));
   char *canon = realpath(path, NULL);
-  int rc = load_common(cfg, path, canon, text, len);
+  int rc = load_common(cfg, path, canon, text, len, NULL);
   free(canon);
   free(text);
   if (rc) return vl_err_trace(rc, __FILE__, __LINE__, __func__);
@@ -726,7 +850,59 @@ int vl_config_load(vl_config *cfg, const char *path) {
 }
 
 int vl_config_load_string(vl_config *cfg, const char *yaml, const char *name) {
-  VL_CALL(load_common(cfg, name, NULL, yaml, strlen(yaml)));
+  VL_CALL(load_common(cfg, name, NULL, yaml, strlen(yaml), NULL));
+  return VL_OK;
+}
+
+int vl_config_load_text(vl_config *cfg, const char *text, const char *name) {
+  memset(cfg, 0, sizeof *cfg);
+  load_state *ch = calloc(1, sizeof *ch);
+  if (!ch) VL_ERROR(VL_ENOMEM, "config: out of memory");
+  ch->chain = 1;
+  const char *p = text;
+  int rc = VL_OK;
+  static const char fmark[] = "# --- file: ", jmark[] = "# --- config.json: ";
+  const char *seg_end_at = NULL; /* start of the marker that ends the last segment */
+  while (*p) {
+    const char *eol = strchr(p, '\n');
+    const char *next = eol ? eol + 1 : p + strlen(p);
+    if (!eol) eol = next;
+    int isf = !strncmp(p, fmark, sizeof fmark - 1), isj = !strncmp(p, jmark, sizeof jmark - 1);
+    if ((isf || isj) && ch->n_segs && !ch->seg_len[ch->n_segs - 1] && !seg_end_at)
+      ch->seg_len[ch->n_segs - 1] = (size_t)(p - ch->seg_text[ch->n_segs - 1]);
+    if (isf) {
+      if (ch->hf_text || ch->n_segs > VL_CONFIG_MAX_INCLUDE)
+        VL_ERROR_GOTO(rc, done, VL_EINVAL, "%s: malformed merged config text (a file after "
+                      "config.json, or more than %d files)", name, VL_CONFIG_MAX_INCLUDE + 1);
+      int i = ch->n_segs++;
+      ch->seg_name[i] = p + sizeof fmark - 1;
+      ch->seg_name_len[i] = (size_t)(eol - ch->seg_name[i]);
+      ch->seg_text[i] = next;
+    } else if (isj) {
+      ch->hf_text = next; /* the rest of the text */
+      seg_end_at = p;
+      break;
+    }
+    p = next;
+  }
+  if (!ch->n_segs)
+    VL_ERROR_GOTO(rc, done, VL_EINVAL, "%s: not a merged vltrain config text (no '# --- file:' line)", name);
+  if (ch->hf_text) ch->hf_len = strlen(ch->hf_text);
+  if (!seg_end_at) seg_end_at = p;
+  if (!ch->seg_len[ch->n_segs - 1])
+    ch->seg_len[ch->n_segs - 1] = (size_t)(seg_end_at - ch->seg_text[ch->n_segs - 1]);
+  ch->next_seg = 1;
+  {
+    char top[VL_PATH_MAX];
+    snprintf(top, sizeof top, "%.*s", (int)ch->seg_name_len[0], ch->seg_name[0]);
+    char *seg0 = strndup(ch->seg_text[0], ch->seg_len[0]);
+    if (!seg0) VL_ERROR_GOTO(rc, done, VL_ENOMEM, "config: out of memory");
+    rc = load_common(cfg, top, NULL, seg0, ch->seg_len[0], ch);
+    free(seg0);
+  }
+done:
+  free(ch);
+  if (rc) return vl_err_trace(rc, __FILE__, __LINE__, __func__);
   return VL_OK;
 }
 

@@ -74,7 +74,9 @@ typedef struct {
 
 typedef struct {
   vl_family family;
-  char path[VL_PATH_MAX];    /* Hugging Face model folder, "" = random init */
+  char path[VL_PATH_MAX];    /* Hugging Face model folder, "" = random init; a
+                              * folder's config.json sets the model.* keys
+                              * over presets (hfconfig.h) */
   char tokenizer[VL_PATH_MAX];    /* tokenizer.json; "" = path/tokenizer.json (vlprep) */
   char preprocessor[VL_PATH_MAX]; /* preprocessor_config.json; "" = path/..., else family defaults */
   vl_text_config text;
@@ -85,6 +87,8 @@ typedef struct {
 typedef struct {
   int micro_batch;           /* samples per rank per micro-step (1) */
   int grad_accum;            /* micro-steps per optimizer step (8) */
+  int global_batch;          /* samples per optimizer step; 0: ranks x micro x accum
+                                (else grad_accum follows: vl_train_resolve_batch) */
   int max_seq_len;           /* LLM tokens per sample, for the memory plan (2900) */
   int max_vision_patches;    /* vision patches per sample, memory plan (8960) */
   int steps;                 /* optimizer steps */
@@ -97,6 +101,7 @@ typedef struct {
   int recompute;             /* activation recomputation per layer */
   vl_optim_mode optimizer;   /* zero1 (fp32 master + moments sharded) | lean */
   char freeze[256];          /* comma-separated name patterns, "" = none */
+  char decay_also[256];      /* patterns of norms/biases/embeddings that get weight decay */
   int eval_every;            /* steps between validation losses (0: at the end only) */
   int eval_samples;          /* validation samples per evaluation */
   int stats_every;           /* steps between gradient-statistics rows (0: off) */
@@ -135,6 +140,11 @@ typedef struct {
 int vl_config_load(vl_config *cfg, const char *path);
 /* Same, from a string (tests); `name` stands in for the file name. */
 int vl_config_load_string(vl_config *cfg, const char *yaml, const char *name);
+/* Same, from a merged config text (cfg->text as a checkpoint stores it:
+ * "# --- file: NAME" segments, top-level file first, each include the next
+ * segment, and a "# --- config.json: PATH" segment when model.path named a
+ * folder) -- nothing is read from disk.  cfg->text comes out identical. */
+int vl_config_load_text(vl_config *cfg, const char *text, const char *name);
 void vl_config_free(vl_config *cfg);
 /* Prints every key: dotted name, type, range, default, one line each. */
 void vl_config_print_keys(void);

@@ -70,7 +70,11 @@ struct vl_dataset_writer {
   wsplit split[2]; /* train, val */
   size_t buffered;
   int failed;
+  int storage; /* how the images are stored: -1 none yet, STORE_RGB, STORE_ENCODED */
 };
+
+enum { STORE_RGB = 0, STORE_ENCODED = 1 };
+static const char *const storage_names[2] = {"rgb", "encoded"};
 
 #define WBUF_FLUSH_BYTES ((size_t)16 << 20)
 
@@ -104,6 +108,7 @@ int vl_dataset_writer_open(vl_dataset_writer **out, const char *path) {
   if (!w) VL_ERROR(VL_ENOMEM, "dataset writer");
   snprintf(w->path, sizeof w->path, "%s", path);
   snprintf(w->tmp, sizeof w->tmp, "%s.tmp.%ld", path, (long)getpid());
+  w->storage = -1;
   for (int s = 0; s < 2; s++) {
     w->split[s].group = -1;
     for (int k = 0; k < D_N; k++) w->split[s].dset[k] = -1;
@@ -155,11 +160,81 @@ done:
   return rc;
 }
 
-/* Appends the buffered rows of every dataset of the split to the file. */
-static int wsplit_flush(vl_dataset_writer *w, wsplit *s) {
+/* tokens, loss_mask and pixels are written chunk by chunk, compressed here */
+static int is_bulk(int k) { return k == D_TOKENS || k == D_MASK || k == D_PIX; }
+
+/* Compresses the buffered whole chunks of bulk dataset k (and, when final,
+ * the last partial one, zero-padded as HDF5 stores edge chunks) in parallel
+ * and writes them with H5Dwrite_chunk: deflate on every core instead of
+ * HDF5's one thread. */
+static int flush_chunks(vl_dataset_writer *w, wsplit *s, int k, int final) {
+  wbuf *b = &s->buf[k];
+  const size_t elem = type_size(dspec[k].type), cbytes = (size_t)dspec[k].chunk * elem;
+  const size_t nfull = b->n / cbytes, rem = b->n % cbytes;
+  const size_t nch = nfull + (final && rem ? 1 : 0);
+  if (!nch) return VL_OK;
+  if (final && rem) {
+    const size_t used = b->n;
+    if (b->cap < nch * cbytes) {
+      char *q = realloc(b->data, nch * cbytes);
+      if (!q) VL_ERROR(VL_ENOMEM, "dataset writer: last chunk of %s", dspec[k].name);
+      b->data = q;
+      b->cap = nch * cbytes;
+    }
+    memset(b->data + used, 0, nch * cbytes - used);
+  }
+  /* encoded images (JPEG/PNG bytes) do not deflate: their chunks are
+   * stored as they are, the filter marked skipped (bit 0 of the mask) */
+  const int raw = k == D_PIX && w->storage == STORE_ENCODED;
+  const uLong bound = raw ? (uLong)cbytes : compressBound((uLong)cbytes);
+  uint8_t *out = raw ? (uint8_t *)b->data : malloc(nch * bound);
+  uLongf *len = malloc(nch * sizeof *len);
+  if (!out || !len) {
+    if (!raw) free(out);
+    free(len);
+    VL_ERROR(VL_ENOMEM, "dataset writer: compression buffers for %zu chunks of %s", nch, dspec[k].name);
+  }
+  int bad = 0;
+  const int level = dspec[k].deflate;
+#pragma omp parallel for schedule(dynamic) reduction(| : bad)
+  for (long c = 0; c < (long)nch; c++) {
+    len[c] = bound;
+    if (raw) continue;
+    if (compress2(out + (size_t)c * bound, &len[c], (const Bytef *)b->data + (size_t)c * cbytes, (uLong)cbytes,
+                  level) != Z_OK)
+      bad = 1;
+  }
+  int rc = VL_OK;
+  hsize_t rows = s->rows[k] + (hsize_t)nfull * dspec[k].chunk + (final ? rem / elem : 0);
+  if (bad) VL_ERROR_GOTO(rc, done, VL_ENOMEM, "dataset writer: deflate of %s failed", dspec[k].name);
+  if (H5Dset_extent(s->dset[k], &rows) < 0)
+    VL_ERROR_GOTO(rc, done, VL_EHDF5, "%s: cannot extend %s", w->tmp, dspec[k].name);
+  for (size_t c = 0; c < nch; c++) {
+    hsize_t off = s->rows[k] + (hsize_t)c * dspec[k].chunk;
+    if (H5Dwrite_chunk(s->dset[k], H5P_DEFAULT, raw ? 1u : 0u, &off, len[c], out + c * bound) < 0)
+      VL_ERROR_GOTO(rc, done, VL_EHDF5, "%s: writing a chunk of %s failed (disk full?)", w->tmp, dspec[k].name);
+  }
+  const size_t consumed = final ? b->n : nfull * cbytes;
+  memmove(b->data, b->data + consumed, b->n - consumed);
+  b->n -= consumed;
+  w->buffered -= consumed;
+  s->rows[k] = rows;
+done:
+  if (!raw) free(out);
+  free(len);
+  return rc;
+}
+
+/* Appends the buffered rows of every dataset of the split to the file
+ * (bulk datasets: whole chunks only, unless final). */
+static int wsplit_flush(vl_dataset_writer *w, wsplit *s, int final) {
   int rc = VL_OK;
   for (int k = 0; k < D_N; k++) {
     wbuf *b = &s->buf[k];
+    if (is_bulk(k)) {
+      VL_CALL(flush_chunks(w, s, k, final));
+      continue;
+    }
     if (!b->n) continue;
     const size_t row = type_size(dspec[k].type) * (size_t)dspec[k].cols;
     hsize_t add = b->n / row, start[2] = {s->rows[k], 0}, count[2] = {add, (hsize_t)dspec[k].cols};
@@ -196,9 +271,15 @@ int vl_dataset_writer_add(vl_dataset_writer *w, const char *split, const int32_t
   }
   for (int j = 0; j < n_images; j++) {
     const vl_dataset_image *im = &images[j];
-    if (im->h <= 0 || im->w <= 0 || !im->rgb || im->grid_thw[0] <= 0 || im->grid_thw[1] <= 0 || im->grid_thw[2] <= 0)
+    if (im->h <= 0 || im->w <= 0 || (!im->rgb && (!im->encoded || !im->n_encoded)) || im->grid_thw[0] <= 0 ||
+        im->grid_thw[1] <= 0 || im->grid_thw[2] <= 0)
       VL_ERROR(VL_EINVAL, "dataset writer: image %d: size %d x %d, grid (%d, %d, %d) invalid", j, im->w, im->h,
                (int)im->grid_thw[0], (int)im->grid_thw[1], (int)im->grid_thw[2]);
+    const int st = im->rgb ? STORE_RGB : STORE_ENCODED;
+    if (w->storage >= 0 && st != w->storage)
+      VL_ERROR(VL_EINVAL, "dataset writer: image %d is %s, the file's images are %s (one kind per file)", j,
+               storage_names[st], storage_names[w->storage]);
+    w->storage = st;
   }
   wsplit *s = &w->split[si];
   int rc = VL_OK;
@@ -210,11 +291,11 @@ int vl_dataset_writer_add(vl_dataset_writer *w, const char *split, const int32_t
   w->buffered += (size_t)n_tokens * 5 + 16;
   for (int j = 0; j < n_images; j++) {
     const vl_dataset_image *im = &images[j];
-    const size_t bytes = (size_t)im->h * im->w * 3;
+    const size_t bytes = im->rgb ? (size_t)im->h * im->w * 3 : im->n_encoded;
     int32_t hw[2] = {im->h, im->w};
     VL_CALL_GOTO(rc, fail, wbuf_add(&s->buf[D_GRID], im->grid_thw, 12));
     VL_CALL_GOTO(rc, fail, wbuf_add(&s->buf[D_HW], hw, 8));
-    VL_CALL_GOTO(rc, fail, wbuf_add(&s->buf[D_PIX], im->rgb, bytes));
+    VL_CALL_GOTO(rc, fail, wbuf_add(&s->buf[D_PIX], im->rgb ? im->rgb : im->encoded, bytes));
     s->n_pixels += (int64_t)bytes;
     VL_CALL_GOTO(rc, fail, wbuf_add(&s->buf[D_POFF], &s->n_pixels, 8));
     w->buffered += bytes + 28;
@@ -224,7 +305,7 @@ int vl_dataset_writer_add(vl_dataset_writer *w, const char *split, const int32_t
   s->n_samples++;
   if (w->buffered >= WBUF_FLUSH_BYTES)
     for (int q = 0; q < 2; q++)
-      if (w->split[q].group >= 0) VL_CALL_GOTO(rc, fail, wsplit_flush(w, &w->split[q]));
+      if (w->split[q].group >= 0) VL_CALL_GOTO(rc, fail, wsplit_flush(w, &w->split[q], 0));
   return VL_OK;
 fail:
   w->failed = 1; /* buffers may hold half a sample: only abort is left */
@@ -279,6 +360,7 @@ static int write_info(vl_dataset_writer *w, const vl_dataset_info *in) {
   VL_CALL(attr_put(f, "image_std", H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, 3, std, p));
   VL_CALL(attr_put_i64(f, "max_seq_len", in->max_seq_len, p));
   VL_CALL(attr_put_str(f, "truncation", in->truncation, p));
+  VL_CALL(attr_put_str(f, "pixel_storage", storage_names[w->storage == STORE_ENCODED], p));
   VL_CALL(attr_put_str(f, "source", in->source, p));
   VL_CALL(attr_put_str(f, "vltrain_version", PACKAGE_VERSION, p));
   VL_CALL(attr_put_i64(f, "n_read", in->n_read, p));
@@ -316,7 +398,7 @@ int vl_dataset_writer_commit(vl_dataset_writer *w, const vl_dataset_info *info) 
   /* every file has a train group, possibly empty */
   if (w->split[0].group < 0) VL_CALL_GOTO(rc, fail, wsplit_create(w, 0));
   for (int q = 0; q < 2; q++)
-    if (w->split[q].group >= 0) VL_CALL_GOTO(rc, fail, wsplit_flush(w, &w->split[q]));
+    if (w->split[q].group >= 0) VL_CALL_GOTO(rc, fail, wsplit_flush(w, &w->split[q], 1));
   VL_CALL_GOTO(rc, fail, write_info(w, info));
   for (int q = 0; q < 2; q++) {
     for (int k = 0; k < D_N; k++) {
@@ -403,6 +485,7 @@ struct vl_dataset {
   int64_t *soff, *ioff, *poff;
   int32_t (*grid)[3];
   int32_t (*hw)[2];
+  int encoded;   /* images stored as their files' bytes */
   rawds raw[R_N];
   /* the sampler's permutation of one epoch, cached (any thread may ask) */
   pthread_mutex_t perm_mu;
@@ -534,6 +617,12 @@ static int read_info(hid_t f, vl_dataset_info *in, const char *path) {
   for (int c = 0; c < 3; c++) { in->image_mean[c] = (float)m[c]; in->image_std[c] = (float)sd[c]; }
   VL_CALL(attr_get_int(f, "max_seq_len", &in->max_seq_len, path));
   VL_CALL(attr_get_str(f, "truncation", in->truncation, sizeof in->truncation, path));
+  snprintf(in->pixel_storage, sizeof in->pixel_storage, "rgb");
+  if (H5Aexists(f, "pixel_storage") > 0)
+    VL_CALL(attr_get_str(f, "pixel_storage", in->pixel_storage, sizeof in->pixel_storage, path));
+  if (strcmp(in->pixel_storage, "rgb") && strcmp(in->pixel_storage, "encoded"))
+    VL_ERROR(VL_EIO, "%s: pixel_storage \"%s\": this vltrain reads \"rgb\" or \"encoded\"", path,
+             in->pixel_storage);
   VL_CALL(attr_get_str(f, "source", in->source, sizeof in->source, path));
   VL_CALL(attr_get_i64(f, "n_read", &v, path)); in->n_read = (long)v;
   VL_CALL(attr_get_i64(f, "n_written", &v, path)); in->n_written = (long)v;
@@ -672,9 +761,10 @@ static int check_index(vl_dataset *d, uint64_t n_soff, uint64_t n_ioff, uint64_t
     if (d->grid[j][0] != 1 || d->grid[j][1] != h / d->info.patch_size || d->grid[j][2] != w / d->info.patch_size)
       VL_ERROR(VL_EIO, "%s: /%s: image %llu: grid_thw (%d, %d, %d) does not match its size %d x %d", p, sp,
                (unsigned long long)j, (int)d->grid[j][0], (int)d->grid[j][1], (int)d->grid[j][2], (int)w, (int)h);
-    if (d->poff[j + 1] - d->poff[j] != (int64_t)h * w * 3)
-      VL_ERROR(VL_EIO, "%s: /%s: image %llu: %lld pixel bytes for %d x %d RGB (damaged file)", p, sp,
-               (unsigned long long)j, (long long)(d->poff[j + 1] - d->poff[j]), (int)w, (int)h);
+    const int64_t nb = d->poff[j + 1] - d->poff[j];
+    if (d->encoded ? (nb <= 0 || nb > (int64_t)1 << 31) : nb != (int64_t)h * w * 3)
+      VL_ERROR(VL_EIO, "%s: /%s: image %llu: %lld pixel bytes for a %d x %d %s image (damaged file)", p, sp,
+               (unsigned long long)j, (long long)nb, (int)w, (int)h, d->info.pixel_storage);
   }
   if ((uint64_t)d->poff[n_grid] != d->raw[R_PIX].n)
     VL_ERROR(VL_EIO, "%s: /%s: pixel offsets end at %lld, pixels has %llu bytes (damaged file)", p, sp,
@@ -702,6 +792,7 @@ static int open_hdf5(vl_dataset *d) {
   f = open_readonly(path);
   if (f < 0) VL_ERROR(VL_EIO, "%s: cannot open as HDF5 (truncated, or not a dataset made by vlprep)", path);
   VL_CALL_GOTO(rc, done, read_info(f, &d->info, path));
+  d->encoded = !strcmp(d->info.pixel_storage, "encoded");
   if (H5Lexists(f, split, H5P_DEFAULT) <= 0 || (g = H5Gopen2(f, split, H5P_DEFAULT)) < 0)
     VL_ERROR_GOTO(rc, done, VL_EIO, "%s: no \"%s\" split in this dataset", path, split);
   for (int k = 0; k < D_N; k++) VL_CALL_GOTO(rc, done, ds_open(g, k, &ds[k], &rows[k], path, split));
@@ -857,6 +948,7 @@ void vl_dataset_sample_free(vl_dataset_sample *s) {
 int vl_dataset_read(vl_dataset *d, long i, vl_dataset_sample *s) {
   if (i < 0 || i >= d->n_samples)
     VL_ERROR(VL_EINVAL, "%s: sample %ld of split %s out of range (%ld samples)", d->path, i, d->split, d->n_samples);
+  memset(&s->sample, 0, sizeof s->sample); /* nothing stale after a failure */
   const uint64_t t0 = (uint64_t)d->soff[i], t1 = (uint64_t)d->soff[i + 1];
   const int n = (int)(t1 - t0);
   const long j0 = (long)d->ioff[i], j1 = (long)d->ioff[i + 1];
@@ -895,10 +987,23 @@ int vl_dataset_read(vl_dataset *d, long i, vl_dataset_sample *s) {
   }
   size_t at = 0;
   for (long j = j0; j < j1; j++) {
-    vl_image img = {d->hw[j][1], d->hw[j][0], buf};
+    const int h = d->hw[j][0], w = d->hw[j][1];
+    vl_image img = {w, h, buf};
     VL_CALL(raw_read(d, &d->raw[R_PIX], "pixels", (uint64_t)d->poff[j], (uint64_t)d->poff[j + 1], buf, cbuf, ubuf));
     int32_t g[3];
-    VL_CALL(vl_image_patchify(&img, &d->pp, s->pixels + at * patch_dim, g));
+    if (d->encoded) { /* what vlprep would have stored: decode, then resize to image_hw */
+      char name[VL_PATH_MAX + 64];
+      snprintf(name, sizeof name, "%s: /%s image %ld", d->path, d->split, j);
+      vl_image dec = {0, 0, NULL}, res = {0, 0, NULL};
+      int rc = vl_image_decode(&dec, buf, (size_t)(d->poff[j + 1] - d->poff[j]), name);
+      if (rc == VL_OK && (dec.w != w || dec.h != h)) rc = vl_image_resize_bicubic(&dec, w, h, &res);
+      if (rc == VL_OK) rc = vl_image_patchify(res.rgb ? &res : &dec, &d->pp, s->pixels + at * patch_dim, g);
+      vl_image_free(&dec);
+      vl_image_free(&res);
+      VL_CALL(rc);
+    } else {
+      VL_CALL(vl_image_patchify(&img, &d->pp, s->pixels + at * patch_dim, g));
+    }
     for (int c = 0; c < 3; c++) s->grid[j - j0][c] = d->grid[j][c];
     at += (size_t)g[1] * g[2];
   }
@@ -969,6 +1074,9 @@ struct vl_prefetch {
   pf_slot **ring; /* requests in order; ring[(head + k) % cap], k < count */
   size_t cap, head, count, next; /* next: requests handed to the reader so far (from head) */
   int stop;
+  /* buffers given back by takes, reused by the reader (no 30 MB mallocs per sample) */
+  vl_dataset_sample *spare;
+  int n_spare;
 };
 
 static void *prefetch_main(void *arg) {
@@ -982,6 +1090,7 @@ static void *prefetch_main(void *arg) {
     pf_slot *sl = p->ring[(p->head + p->next) % p->cap];
     p->next++;
     sl->state = 1;
+    if (p->n_spare > 0 && !sl->s.bytes) sl->s = p->spare[--p->n_spare];
     pthread_mutex_unlock(&p->mu);
     vl_err_clear();
     long i = vl_dataset_index(p->d, p->seed, sl->g);
@@ -1003,6 +1112,8 @@ int vl_prefetch_start(vl_prefetch **out, vl_dataset *d, uint64_t seed, int depth
   if (vl_dataset_size(d) <= 0) VL_ERROR(VL_EINVAL, "%s: the %s split has no samples", d->path, d->split);
   vl_prefetch *p = calloc(1, sizeof *p);
   if (!p) VL_ERROR(VL_ENOMEM, "prefetch");
+  p->spare = calloc((size_t)depth, sizeof *p->spare);
+  if (!p->spare) { free(p); VL_ERROR(VL_ENOMEM, "prefetch"); }
   p->d = d;
   p->seed = seed;
   p->depth = depth;
@@ -1068,7 +1179,11 @@ int vl_prefetch_take(vl_prefetch *p, uint64_t g, vl_dataset_sample *out) {
     vl_err_raise(rc, __FILE__, __LINE__, __func__, "%s (read ahead for global sample %llu)", sl->err,
                  (unsigned long long)g);
   }
-  vl_dataset_sample_free(&sl->s);
+  /* the caller's previous buffers go to the reader */
+  pthread_mutex_lock(&p->mu);
+  if (sl->s.bytes && p->n_spare < p->depth) p->spare[p->n_spare++] = sl->s;
+  else vl_dataset_sample_free(&sl->s);
+  pthread_mutex_unlock(&p->mu);
   free(sl);
   return rc;
 }
@@ -1086,6 +1201,8 @@ void vl_prefetch_stop(vl_prefetch *p) {
     free(sl);
   }
   free(p->ring);
+  for (int k = 0; k < p->n_spare; k++) vl_dataset_sample_free(&p->spare[k]);
+  free(p->spare);
   pthread_cond_destroy(&p->cv_work);
   pthread_cond_destroy(&p->cv_ready);
   pthread_mutex_destroy(&p->mu);

@@ -16,20 +16,32 @@
  *   image_offsets   int64  (n_samples + 1)  sample i has images img_off[i] .. img_off[i+1]
  *   image_grid_thw  int32  (n_images, 3)    the processor's image_grid_thw
  *   image_hw        int32  (n_images, 2)    resized height, width (pixels)
- *   pixel_offsets   int64  (n_images + 1)   image j = pixels[po[j] .. po[j+1]), h*w*3 bytes
- *   pixels          uint8  (n_pixel_bytes)  RGB after smart_resize + bicubic, row-major
- * The 1-D datasets are chunked and deflate-compressed (pixels, tokens,
- * loss_mask).  Root attributes (provenance):
+ *   pixel_offsets   int64  (n_images + 1)   image j = pixels[po[j] .. po[j+1])
+ *   pixels          uint8  (n_pixel_bytes)  the images, as the root attribute
+ *                   pixel_storage says: "encoded" (the default): each image
+ *                   file's bytes as the user gave them (JPEG, PNG), decoded,
+ *                   resized to image_hw (bicubic) and patchified when read;
+ *                   "rgb": h*w*3 bytes of RGB after smart_resize + bicubic.
+ * All datasets are chunked and extendable; tokens (16,384 per chunk),
+ * loss_mask (65,536) and pixels (262,144 bytes) are deflate-compressed (the
+ * writer compresses whole chunks on every core and writes them with
+ * H5Dwrite_chunk; any HDF5 reader decodes them).  Root attributes
+ * (provenance; vocab_size is the MODEL config's text vocab_size, which
+ * vl_dataset_check compares for equality):
  *   format = "vltrain-dataset", format_version = 1, family ("qwen3-vl" |
  *   "qwen2-vl"), vocab_size, image_token_id, vision_start_token_id,
  *   vision_end_token_id, tokenizer_sha256 (hex of tokenizer.json's bytes),
  *   patch_size, temporal_patch_size, merge_size, min_pixels, max_pixels,
  *   image_mean[3], image_std[3], max_seq_len, truncation ("skip" |
- *   "truncate"), source (the JSONL path), vltrain_version, and the counts
+ *   "truncate"), pixel_storage ("encoded" | "rgb"; absent = "rgb"), source
+ *   (the JSONL path), vltrain_version, and the counts
  *   n_read, n_written, n_skipped_bad, n_skipped_long, n_truncated.
- * Pixels stay uint8 (the resized image): rescale, normalize and patchify
- * happen when a sample is read (cheap, exact), so the file stays about the
- * size of the source images.
+ * Encoded storage keeps the file the size of the source images and vlprep
+ * fast (no resize, no recompression); decoding and resizing when a sample
+ * is read run the same code vlprep would have run, so the pixel values are
+ * identical either way.  RGB storage (vlprep --pixels rgb) trades size for
+ * cheaper reads.  Its chunks are deflated; encoded ones are stored as they
+ * are (the deflate filter skipped per chunk, which HDF5 readers honour).
  *
  * Sampler: global sample number g (0, 1, 2, ... over the whole run) maps to
  * epoch e = g / n and position g % n of the epoch's permutation, a seeded
@@ -60,6 +72,8 @@ typedef struct {
   float image_mean[3], image_std[3];
   int max_seq_len;
   char truncation[16];
+  char pixel_storage[16];    /* "encoded" | "rgb": set by the writer (ignored in
+                              * what commit is given), read back by open */
   char source[VL_PATH_MAX];
   long n_read, n_written, n_skipped_bad, n_skipped_long, n_truncated;
 } vl_dataset_info;
@@ -74,8 +88,10 @@ int vl_dataset_writer_open(vl_dataset_writer **w, const char *path);
 /* One image of a sample as stored: resized RGB and its grid. */
 typedef struct {
   int h, w;               /* resized size */
-  const uint8_t *rgb;     /* h * w * 3 */
+  const uint8_t *rgb;     /* h * w * 3, or NULL when encoded is given */
   int32_t grid_thw[3];
+  const uint8_t *encoded; /* the image file's bytes (decoded and resized when read) */
+  size_t n_encoded;
 } vl_dataset_image;
 /* Appends a sample to split "train" or "val" (buffered; written in blocks).
  * Bad arguments give VL_EINVAL and leave w usable; any other failure leaves

@@ -6,7 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* per thread: a thread (dataset prefetch, vlprep's workers) keeps its own message and quiet flag */
+/* per thread: a helper thread (dataset prefetch) keeps its own message */
 static _Thread_local char last_message[2048];
 static _Thread_local int quiet;
 

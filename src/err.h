@@ -9,7 +9,7 @@
  *
  * The last message is also kept (vl_err_last()) so tests can check the exact
  * text a user would see; vl_err_set_quiet(1) stops printing (tests of bad
- * input).  Both are per thread: a helper thread (the dataset prefetch, vlprep's workers) has
+ * input).  Both are per thread: a helper thread (the dataset prefetch) has
  * its own message and quiet flag, and hands its failures to the main thread.
  */
 #ifndef VL_ERR_H

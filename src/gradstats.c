@@ -8,6 +8,17 @@
 
 #include "err.h"
 
+/* File access without HDF5's file lock (1.10.7 and later): the writer's
+ * exclusive lock would keep every reader (h5py, h5ls, a notebook) out of
+ * the file while the run goes on.  -1 when the properties cannot be made. */
+static hid_t unlocked_fapl(void) {
+  hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
+#if H5_VERSION_GE(1, 10, 7)
+  if (fapl >= 0 && H5Pset_file_locking(fapl, 0, 1) < 0) { H5Pclose(fapl); return -1; }
+#endif
+  return fapl;
+}
+
 static const char *const scalars[] = {"step", "loss", "lr", "tokens_per_s", "grad_norm",
                                       "clip_coef", "skipped", "nonfinite_ranks", "noise_scale"};
 enum { N_SCALARS = 9, FLUSH_EVERY = 4 };
@@ -70,8 +81,11 @@ int vl_gradstats_open(vl_gradstats **out, const char *path, const vl_model *m, i
   gs->n_params = m->n_params;
   gs->world = world;
   int rc = VL_OK;
-  H5E_BEGIN_TRY { gs->file = append ? H5Fopen(path, H5F_ACC_RDWR, H5P_DEFAULT) : -1; } H5E_END_TRY;
+  hid_t fapl = unlocked_fapl();
+  if (fapl < 0) { free(gs); VL_ERROR(VL_EHDF5, "%s: file access properties", path); }
+  H5E_BEGIN_TRY { gs->file = append ? H5Fopen(path, H5F_ACC_RDWR, fapl) : -1; } H5E_END_TRY;
   if (gs->file >= 0) { /* continue: drop rows after the checkpoint being resumed */
+    H5Pclose(fapl);
     for (int k = 0; k < N_SCALARS; k++) gs->scalar[k] = H5Dopen2(gs->file, scalars[k], H5P_DEFAULT);
     for (int k = 0; k < 3; k++) gs->tensor[k] = H5Dopen2(gs->file, tensor_sets[k], H5P_DEFAULT);
     gs->rank = H5Dopen2(gs->file, "rank_grad_norm", H5P_DEFAULT);
@@ -126,7 +140,8 @@ int vl_gradstats_open(vl_gradstats **out, const char *path, const vl_model *m, i
     *out = gs;
     return VL_OK;
   }
-  gs->file = H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+  gs->file = H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, fapl);
+  H5Pclose(fapl);
   if (gs->file < 0) { free(gs); VL_ERROR(VL_EHDF5, "cannot create %s", path); }
   for (int k = 0; k < N_SCALARS; k++) gs->scalar[k] = make_set(gs->file, scalars[k], 0);
   for (int k = 0; k < 3; k++) gs->tensor[k] = make_set(gs->file, tensor_sets[k], m->n_params);

@@ -1,6 +1,8 @@
 /* gradstats: training statistics in HDF5, appended every N steps
  * (train.stats_every), flushed every few rows so the file can be read while
- * the run goes on and a crash loses little.  Written by rank 0.
+ * the run goes on and a crash loses little.  Written by rank 0, without
+ * HDF5's file lock, so readers open it while the run holds it
+ * (tests/test_stats_live.sh).
  *
  * Datasets (rows = recorded steps, extendable, chunked):
  *   step, loss, lr, tokens_per_s, grad_norm, clip_coef, skipped,

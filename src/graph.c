@@ -2,6 +2,8 @@
  * the memory plan.  The passes are in forward.c and backward.c. */
 #include "graph.h"
 
+#include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -95,19 +97,42 @@ static int size_or_alloc(sizer *s, int want_logits) {
   VL_CALL(take(s, &g->vrope_sin, P * vhd * sizeof(float), "vision rope sin"));
   VL_CALL(take(s, &g->pixels, P * (size_t)vl_model_patch_dim(m) * el, "pixels"));
 
-  /* vision activations */
+  /* vision activations (recompute: one shared set + every layer's output) */
   VL_CALL(take(s, &g->vx0, P * Vh * el, "patch embeddings"));
-  for (int l = 0; l < c->vision.depth; l++)
-    VL_CALL(layer_acts(s, &g->vlayers[l], P, Vh, 3 * Vh, Vh, Vi, Vi,
-                       c->vision.num_heads, 0, 1, el));
+  if ((g->recompute || g->vision_shared) && c->vision.depth > 0)
+    VL_CALL(layer_acts(s, &g->vwork, P, Vh, 3 * Vh, Vh, Vi, Vi, c->vision.num_heads, 0, 1, el));
+  for (int l = 0; l < c->vision.depth; l++) {
+    if (g->vision_shared) { /* no backward: x_out shared too (layer l reads it first) */
+      g->vlayers[l] = g->vwork;
+      continue;
+    }
+    if (!g->recompute) {
+      VL_CALL(layer_acts(s, &g->vlayers[l], P, Vh, 3 * Vh, Vh, Vi, Vi,
+                         c->vision.num_heads, 0, 1, el));
+      continue;
+    }
+    g->vlayers[l] = g->vwork;
+    VL_CALL(take(s, &g->vlayers[l].x_out, P * Vh * el, "vision layer output"));
+  }
   VL_CALL(merger_acts(s, &g->merger, Pm, Vh4, H, 0, el));
   for (int k = 0; k < nds; k++) VL_CALL(merger_acts(s, &g->ds[k], Pm, Vh4, H, 1, el));
 
   /* LLM activations */
   VL_CALL(take(s, &g->x0, T * H * el, "embeddings"));
-  for (int l = 0; l < c->text.num_hidden_layers; l++)
-    VL_CALL(layer_acts(s, &g->layers[l], T, H, W, qd, 2 * I, I, nh,
-                       m->layers[l].q_norm_w >= 0 ? nh + nkv : 0, 0, el));
+  int qk_any = 0;
+  for (int l = 0; l < c->text.num_hidden_layers; l++) qk_any |= m->layers[l].q_norm_w >= 0;
+  if (g->recompute && c->text.num_hidden_layers > 0)
+    VL_CALL(layer_acts(s, &g->twork, T, H, W, qd, 2 * I, I, nh, qk_any ? nh + nkv : 0, 0, el));
+  for (int l = 0; l < c->text.num_hidden_layers; l++) {
+    if (!g->recompute) {
+      VL_CALL(layer_acts(s, &g->layers[l], T, H, W, qd, 2 * I, I, nh,
+                         m->layers[l].q_norm_w >= 0 ? nh + nkv : 0, 0, el));
+      continue;
+    }
+    g->layers[l] = g->twork;
+    if (m->layers[l].q_norm_w < 0) g->layers[l].qk_rstd = NULL;
+    VL_CALL(take(s, &g->layers[l].x_out, T * H * el, "layer output"));
+  }
   VL_CALL(take(s, &g->xf, T * H * el, "final norm"));
   VL_CALL(take(s, &g->xf_rstd, T * sizeof(float), "final norm rstd"));
   VL_CALL(take(s, &g->loss, T * sizeof(float), "per-token loss"));
@@ -140,10 +165,21 @@ static int alloc_tables(vl_graph *g) {
   return VL_OK;
 }
 
-size_t vl_graph_activation_bytes(const vl_model *m, int max_T, int max_P, size_t elem_size) {
+int vl_graph_vision_frozen(const vl_model *m) {
+  for (int i = 0; i < m->n_params; i++) {
+    const vl_param *p = &m->params[i];
+    if ((p->group == VL_GROUP_VISION || p->group == VL_GROUP_MERGER) && !p->frozen) return 0;
+  }
+  return 1;
+}
+
+static size_t activation_bytes(const vl_model *m, int max_T, int max_P, size_t elem_size,
+                               int recompute, int vision_shared) {
   vl_graph g;
   memset(&g, 0, sizeof g);
   g.m = m;
+  g.recompute = recompute;
+  g.vision_shared = vision_shared;
   g.max_T = max_T;
   g.max_P = max_P;
   if (alloc_tables(&g) != VL_OK) return 0;
@@ -153,6 +189,11 @@ size_t vl_graph_activation_bytes(const vl_model *m, int max_T, int max_P, size_t
   return s.bytes;
 }
 
+size_t vl_graph_activation_bytes(const vl_model *m, int max_T, int max_P, size_t elem_size,
+                                 int recompute) {
+  return activation_bytes(m, max_T, max_P, elem_size, recompute, vl_graph_vision_frozen(m));
+}
+
 int vl_graph_create(vl_graph *g, const vl_model *m, vl_ops *ops, int max_T, int max_P,
                     int want_logits) {
   return vl_graph_create_padded(g, m, ops, max_T, max_P, want_logits, m->n_elements);
@@ -160,7 +201,14 @@ int vl_graph_create(vl_graph *g, const vl_model *m, vl_ops *ops, int max_T, int 
 
 int vl_graph_create_padded(vl_graph *g, const vl_model *m, vl_ops *ops, int max_T, int max_P,
                            int want_logits, size_t n_alloc) {
+  return vl_graph_create_opts(g, m, ops, max_T, max_P, want_logits, n_alloc, 0);
+}
+
+int vl_graph_create_opts(vl_graph *g, const vl_model *m, vl_ops *ops, int max_T, int max_P,
+                         int want_logits, size_t n_alloc, int recompute) {
   memset(g, 0, sizeof *g);
+  g->recompute = recompute != 0;
+  g->vision_shared = vl_graph_vision_frozen(m);
   if (n_alloc < m->n_elements) n_alloc = m->n_elements;
   g->n_alloc = n_alloc;
   g->m = m;
@@ -196,10 +244,24 @@ void vl_graph_destroy(vl_graph *g) {
   for (size_t i = 0; i < sizeof singles / sizeof *singles; i++)
     if (singles[i]) o->free(o, singles[i]);
   const vl_model_config *c = &g->m->cfg;
-  for (int l = 0; g->vlayers && l < c->vision.depth; l++)
-    free_all(g, (void **)&g->vlayers[l].ln1, (void **)&g->vlayers[l].lse);
-  for (int l = 0; g->layers && l < c->text.num_hidden_layers; l++)
-    free_all(g, (void **)&g->layers[l].ln1, (void **)&g->layers[l].lse);
+  /* the shared sets once, then what each layer owns */
+  free_all(g, (void **)&g->vwork.ln1, (void **)&g->vwork.lse);
+  free_all(g, (void **)&g->twork.ln1, (void **)&g->twork.lse);
+  for (int l = 0; g->vlayers && l < c->vision.depth; l++) {
+    if (g->vision_shared) continue;
+    if (g->recompute) {
+      if (g->vlayers[l].x_out) o->free(o, g->vlayers[l].x_out);
+    } else {
+      free_all(g, (void **)&g->vlayers[l].ln1, (void **)&g->vlayers[l].lse);
+    }
+  }
+  for (int l = 0; g->layers && l < c->text.num_hidden_layers; l++) {
+    if (g->recompute) {
+      if (g->layers[l].x_out) o->free(o, g->layers[l].x_out);
+    } else {
+      free_all(g, (void **)&g->layers[l].ln1, (void **)&g->layers[l].lse);
+    }
+  }
   if (g->ds || g->merger.ln) {
     free_all(g, (void **)&g->merger.ln, (void **)&g->merger.rstd);
     for (int k = 0; g->ds && k < c->vision.n_deepstack; k++)
@@ -241,9 +303,19 @@ int vl_graph_set_batch(vl_graph *g, const vl_batch *b) {
   return VL_OK;
 }
 
+static void memory_plan(const vl_model *m, const vl_train_config *train, int world,
+                        size_t elem_size, int vision_shared, vl_memory_plan *plan);
+
 void vl_graph_memory_plan(const vl_model *m, const vl_train_config *train, int world,
                           size_t elem_size, vl_memory_plan *plan) {
+  memory_plan(m, train, world, elem_size, vl_graph_vision_frozen(m), plan);
+}
+
+static void memory_plan(const vl_model *m, const vl_train_config *train, int world,
+                        size_t elem_size, int vision_shared, vl_memory_plan *plan) {
   memset(plan, 0, sizeof *plan);
+  plan->lean = train->optimizer == VL_OPTIM_LEAN;
+  plan->recompute = train->recompute != 0;
   size_t n = m->n_elements;
   size_t shard = (n + (size_t)world - 1) / (size_t)world;
   int mb = train->micro_batch;
@@ -254,11 +326,12 @@ void vl_graph_memory_plan(const vl_model *m, const vl_train_config *train, int w
     plan->master = 0;
     plan->moments = shard * 8;
   } else {
-    plan->master = elem_size == 4 ? 0 : shard * 4; /* fp32 weights are the masters */
+    plan->master = shard * 4; /* allocated on the CPU backend too */
     plan->moments = shard * 8;
   }
-  plan->activations = vl_graph_activation_bytes(m, train->max_seq_len * mb,
-                                                train->max_vision_patches * mb, elem_size);
+  plan->activations = activation_bytes(m, train->max_seq_len * mb, train->max_vision_patches * mb,
+                                       elem_size, train->recompute, vision_shared);
+  plan->vision_frozen = vision_shared;
   /* loss chunk: up to 1,024 rows of fp32 logits and their gradient */
   size_t rows = (size_t)train->max_seq_len * mb < 1024 ? (size_t)train->max_seq_len * mb : 1024;
   plan->workspace = rows * (size_t)m->cfg.text.vocab_size * 4 * 2;
@@ -267,13 +340,98 @@ void vl_graph_memory_plan(const vl_model *m, const vl_train_config *train, int w
 }
 
 void vl_graph_print_memory_plan(const vl_memory_plan *p, const char *device) {
-  const double G = 1024.0 * 1024.0 * 1024.0;
+  /* GiB, or MiB for small models (tests) */
+  const int mib = p->total < ((size_t)1 << 30);
+  const double G = mib ? 1048576.0 : 1073741824.0;
+  const char *u = mib ? "MiB" : "GiB";
   printf("memory plan per rank (%s):\n", device);
-  printf("  weights      %9.3f GiB\n", p->weights / G);
-  printf("  gradients    %9.3f GiB\n", p->grads / G);
-  printf("  fp32 master  %9.3f GiB (ZeRO-1 shard)\n", p->master / G);
-  printf("  AdamW m, v   %9.3f GiB (ZeRO-1 shard)\n", p->moments / G);
-  printf("  activations  %9.3f GiB (one micro-batch, saved for backward)\n", p->activations / G);
-  printf("  workspace    %9.3f GiB (loss chunks)\n", p->workspace / G);
-  printf("  total        %9.3f GiB\n", p->total / G);
+  printf("  weights      %9.3f %s\n", p->weights / G, u);
+  printf("  gradients    %9.3f %s\n", p->grads / G, u);
+  if (p->lean)
+    printf("  fp32 master  %9.3f %s (train.optimizer: lean: none)\n", p->master / G, u);
+  else
+    printf("  fp32 master  %9.3f %s (ZeRO-1 shard)\n", p->master / G, u);
+  printf("  AdamW m, v   %9.3f %s (ZeRO-1 shard)\n", p->moments / G, u);
+  printf("  activations  %9.3f %s (one micro-batch, saved for backward%s%s)\n", p->activations / G, u,
+         p->recompute ? "; recomputed per layer" : "", p->vision_frozen ? "; vision tower frozen" : "");
+  printf("  workspace    %9.3f %s (loss chunks)\n", p->workspace / G, u);
+  printf("  total        %9.3f %s\n", p->total / G, u);
+}
+
+/* appends to buf (always terminated) */
+static void add(char *buf, size_t n, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void add(char *buf, size_t n, const char *fmt, ...) {
+  size_t used = strlen(buf);
+  if (used + 1 >= n) return;
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(buf + used, n - used, fmt, ap);
+  va_end(ap);
+}
+
+/* "12.34 GiB", "5.6 MiB" or "789 KiB" */
+static const char *sz(char *out, double bytes) {
+  if (bytes >= 1073741824.0) snprintf(out, 24, "%.2f GiB", bytes / 1073741824.0);
+  else if (bytes >= 1048576.0) snprintf(out, 24, "%.2f MiB", bytes / 1048576.0);
+  else snprintf(out, 24, "%.1f KiB", bytes / 1024.0);
+  return out;
+}
+
+int vl_graph_memory_advice(const vl_model *m, const vl_train_config *train, int world,
+                           size_t elem_size, size_t free_bytes, char *buf, size_t n) {
+  char b0[24], b1[24], b2[24];
+  vl_memory_plan p;
+  vl_graph_memory_plan(m, train, world, elem_size, &p);
+  buf[0] = '\0';
+  if (p.total <= free_bytes) return 0;
+  add(buf, n, "the memory plan needs %s per rank, %s are free (%s short). What would help:",
+      sz(b0, p.total), sz(b1, free_bytes), sz(b2, p.total - free_bytes));
+  /* ZeRO-1: master and moments shrink with the number of ranks */
+  const size_t fixed = p.weights + p.grads + p.activations + p.workspace;
+  const double state = (double)(p.master + p.moments) * world; /* whole optimizer state */
+  if (fixed < free_bytes) {
+    long need = (long)ceil(state / (double)(free_bytes - fixed));
+    if (need > world)
+      add(buf, n, "\n  - more ranks: ZeRO-1 shards the optimizer state (%s in all): "
+          "%ld ranks of this size would fit", sz(b0, state), need);
+  } else {
+    add(buf, n, "\n  - more ranks alone cannot help: weights, gradients and activations "
+        "(%s) are not sharded", sz(b0, fixed));
+  }
+  vl_train_config t = *train;
+  if (train->optimizer != VL_OPTIM_LEAN) {
+    vl_memory_plan q;
+    t.optimizer = VL_OPTIM_LEAN;
+    vl_graph_memory_plan(m, &t, world, elem_size, &q);
+    add(buf, n, "\n  - train.optimizer: lean (bf16 weights with stochastic rounding, no fp32 "
+        "master): saves %s%s", sz(b0, p.total - q.total),
+        q.total <= free_bytes ? ", enough alone" : "");
+    t.optimizer = train->optimizer;
+  }
+  if (!train->recompute) {
+    vl_memory_plan q;
+    t.recompute = 1;
+    vl_graph_memory_plan(m, &t, world, elem_size, &q);
+    add(buf, n, "\n  - train.recompute: true (activations rebuilt per layer in the backward): "
+        "saves %s%s", sz(b0, p.total - q.total), q.total <= free_bytes ? ", enough alone" : "");
+    t.recompute = train->recompute;
+  }
+  {
+    vl_memory_plan q;
+    t.max_seq_len = train->max_seq_len / 2;
+    t.max_vision_patches = train->max_vision_patches / 2;
+    vl_graph_memory_plan(m, &t, world, elem_size, &q);
+    add(buf, n, "\n  - smaller train.max_seq_len / train.max_vision_patches / train.micro_batch: "
+        "activations are %s; halving both sequence limits saves %s%s", sz(b0, p.activations),
+        sz(b1, p.total - q.total), q.total <= free_bytes ? ", enough alone" : "");
+  }
+  if (!vl_graph_vision_frozen(m)) {
+    vl_memory_plan q;
+    memory_plan(m, train, world, elem_size, 1, &q);
+    if (q.total < p.total)
+      add(buf, n, "\n  - train.freeze: \"model.visual.*\" (no backward through the vision tower, "
+        "so none of its activations are kept): saves %s%s", sz(b0, p.total - q.total),
+        q.total <= free_bytes ? ", enough alone" : "");
+  }
+  return 1;
 }

@@ -16,6 +16,10 @@
  *      per sample, o_proj, RMSNorm, gate/up, SwiGLU, down); after layer k <
  *      n_deepstack the k-th DeepStack features are added at visual rows
  *   -> final RMSNorm -> lm_head + cross-entropy on shifted targets.
+ * Qwen2-VL takes the same path without what it lacks (model.h): no patch
+ * bias, no pos embed, quick_gelu in the ViT MLP (vision.hidden_act), no
+ * DeepStack, no q/k norms (qk_norm_rope with NULL weights: rope only), q/k/v
+ * biases, sectioned M-RoPE tables (batch.c).
  */
 #ifndef VL_GRAPH_H
 #define VL_GRAPH_H
@@ -71,19 +75,33 @@ typedef struct {
   vl_t *d_visual;            /* (P/4, H) grad of merger output */
   vl_t *d_ds;                /* (n_deepstack, P/4, H) grads of DeepStack features */
   size_t activation_bytes;   /* what was allocated for the above */
+  /* train.recompute: each layer keeps only its output x_out (the next
+   * layer's input); the other activations of every layer of a tower alias
+   * one shared set (vwork, twork), refilled for layer l by re-running its
+   * forward (vl_graph_layer_forward) in the backward pass. */
+  int recompute;
+  vl_layer_acts vwork, twork;
+  /* A frozen vision tower (vl_graph_vision_frozen at creation) has no
+   * backward: its layers share one activation set, x_out included. */
+  int vision_shared;
   /* VL_PROFILE=1: seconds per phase (synchronised), summed over calls:
    * vision forward, text forward, loss, text backward, vision backward */
   int profile;
   double phase_s[5];
 } vl_graph;
 
-/* Allocates parameters, gradients and activations on the backend. */
+/* Allocates parameters, gradients and activations on the backend (no
+ * recomputation). */
 int vl_graph_create(vl_graph *g, const vl_model *m, vl_ops *ops, int max_T, int max_P,
                     int want_logits);
 /* The same with the parameter and gradient blocks padded (zeroed) to n_alloc
  * elements, so that ZeRO-1 collectives work in place on equal shards. */
 int vl_graph_create_padded(vl_graph *g, const vl_model *m, vl_ops *ops, int max_T, int max_P,
                            int want_logits, size_t n_alloc);
+/* The same with train.recompute's choice: recompute != 0 keeps one layer's
+ * activations per tower plus every layer's output. */
+int vl_graph_create_opts(vl_graph *g, const vl_model *m, vl_ops *ops, int max_T, int max_P,
+                         int want_logits, size_t n_alloc, int recompute);
 void vl_graph_destroy(vl_graph *g);
 
 /* Uploads the batch's inputs and indices (batch sizes <= max_T, max_P). */
@@ -98,19 +116,40 @@ int vl_graph_forward(vl_graph *g, float loss_scale, double *loss_sum);
 double vl_graph_clock(vl_graph *g);
 /* Backward pass: accumulates (+=) into g->grads. */
 int vl_graph_backward(vl_graph *g);
+/* Layer l of the vision tower (vision = 1) or of the LLM from its input x
+ * into g->vlayers[l] / g->layers[l]; full = 0 stops after the MLP
+ * activation (what the backward needs: recomputation), full = 1 also
+ * writes x_out and the DeepStack pieces.  forward.c; backward.c calls it. */
+int vl_graph_layer_forward(vl_graph *g, int vision, int l, const vl_t *x, int full);
 
-/* Bytes of activations (and gradient scratch) vl_graph_create allocates for
- * max_T tokens and max_P patches with elements of elem_size bytes. */
-size_t vl_graph_activation_bytes(const vl_model *m, int max_T, int max_P, size_t elem_size);
+/* True when no vision-side parameter (tower, mergers) wants a gradient: the
+ * backward skips the tower, and graphs created so keep none of its
+ * activations.  Freeze before creating the graph. */
+int vl_graph_vision_frozen(const vl_model *m);
+
+/* Bytes of activations (and gradient scratch) vl_graph_create_opts allocates
+ * for max_T tokens and max_P patches with elements of elem_size bytes. */
+size_t vl_graph_activation_bytes(const vl_model *m, int max_T, int max_P, size_t elem_size,
+                                 int recompute);
 
 /* Per-rank memory plan, in bytes. */
 typedef struct {
   size_t weights, grads, master, moments, activations, workspace, total;
+  int lean, recompute, vision_frozen;  /* the choices it was made for */
 } vl_memory_plan;
 /* world: ranks sharing the ZeRO-1 optimizer state.  elem_size 4 (cpu) or 2 (cuda). */
 void vl_graph_memory_plan(const vl_model *m, const vl_train_config *train, int world,
                           size_t elem_size, vl_memory_plan *plan);
 void vl_graph_print_memory_plan(const vl_memory_plan *plan, const char *device);
+/* When the plan for (train, world) needs more than free_bytes: writes into
+ * buf what would make it fit -- more ranks (ZeRO-1), train.optimizer: lean,
+ * train.recompute: true, shorter sequences / fewer patches, train.freeze of
+ * the vision tower -- with the bytes
+ * each saves and whether it alone would be enough, freezing the vision tower
+ * (its activations); returns 1.  Returns 0
+ * (buf "") when it fits. */
+int vl_graph_memory_advice(const vl_model *m, const vl_train_config *train, int world,
+                           size_t elem_size, size_t free_bytes, char *buf, size_t n);
 
 /* Pointer to parameter i inside a block (params or grads); NULL if i < 0. */
 static inline vl_t *vl_graph_param(const vl_graph *g, vl_t *block, int i) {

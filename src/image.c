@@ -177,16 +177,27 @@ int vl_image_decode(vl_image *img, const void *bytes, size_t n, const char *name
   VL_ERROR(VL_EIO, "%s: not a PNG or JPEG file", name);
 }
 
-int vl_image_load(vl_image *img, const char *path) {
+int vl_image_read_file(const char *path, uint8_t **bytes, size_t *n) {
+  *bytes = NULL;
+  *n = 0;
   FILE *f = fopen(path, "rb");
   if (!f) VL_ERROR(VL_EIO, "%s: cannot open", path);
-  fseek(f, 0, SEEK_END);
-  long n = ftell(f);
-  fseek(f, 0, SEEK_SET);
-  uint8_t *b = malloc(n > 0 ? (size_t)n : 1);
-  if (!b || fread(b, 1, (size_t)n, f) != (size_t)n) { free(b); fclose(f); VL_ERROR(VL_EIO, "%s: read failed", path); }
+  long len = -1;
+  if (fseek(f, 0, SEEK_END) == 0) len = ftell(f);
+  if (len < 0 || fseek(f, 0, SEEK_SET) != 0) { fclose(f); VL_ERROR(VL_EIO, "%s: cannot seek", path); }
+  uint8_t *b = malloc(len > 0 ? (size_t)len : 1);
+  if (!b || fread(b, 1, (size_t)len, f) != (size_t)len) { free(b); fclose(f); VL_ERROR(VL_EIO, "%s: read failed", path); }
   fclose(f);
-  int rc = vl_image_decode(img, b, (size_t)n, path);
+  *bytes = b;
+  *n = (size_t)len;
+  return VL_OK;
+}
+
+int vl_image_load(vl_image *img, const char *path) {
+  uint8_t *b;
+  size_t n;
+  VL_CALL(vl_image_read_file(path, &b, &n));
+  int rc = vl_image_decode(img, b, n, path);
   free(b);
   return rc;
 }
@@ -322,6 +333,26 @@ int vl_image_resize_bicubic(const vl_image *in, int ow, int oh, vl_image *out) {
 done:
   free(mid); free(dst); free(bx); free(kx); free(by); free(ky);
   return rc;
+}
+
+int vl_image_family_defaults(vl_family family, vl_patch_params *pp, long *min_pixels,
+                             long *max_pixels) {
+  static const vl_patch_params qwen3 = {16, 2, 2, {0.5f, 0.5f, 0.5f}, {0.5f, 0.5f, 0.5f}};
+  static const vl_patch_params qwen2 = {14, 2, 2, {0.48145466f, 0.4578275f, 0.40821073f},
+                                        {0.26862954f, 0.26130258f, 0.27577711f}};
+  switch (family) {
+  case VL_FAMILY_QWEN3_VL:
+    *pp = qwen3;
+    *min_pixels = 65536;
+    *max_pixels = 16777216;
+    return VL_OK;
+  case VL_FAMILY_QWEN2_VL:
+    *pp = qwen2;
+    *min_pixels = 3136;
+    *max_pixels = 12845056;
+    return VL_OK;
+  }
+  VL_ERROR(VL_EINVAL, "image processor: unknown model family %d", (int)family);
 }
 
 int vl_image_patchify(const vl_image *img, const vl_patch_params *pp, float *out, int32_t grid[3]) {

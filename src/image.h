@@ -11,6 +11,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "config.h"
+
 typedef struct {
   int w, h;
   uint8_t *rgb; /* h * w * 3, row-major */
@@ -19,6 +21,8 @@ typedef struct {
 /* Decodes PNG or JPEG bytes (by signature); `name` is for messages. */
 int vl_image_decode(vl_image *img, const void *bytes, size_t n, const char *name);
 int vl_image_load(vl_image *img, const char *path);
+/* A file's bytes (malloc'd; the caller frees *bytes). */
+int vl_image_read_file(const char *path, uint8_t **bytes, size_t *n);
 void vl_image_free(vl_image *img);
 
 /* HF smart_resize: dimensions divisible by factor (patch * merge), pixel
@@ -32,6 +36,14 @@ typedef struct {
   int patch, temporal, merge;
   float mean[3], std[3];
 } vl_patch_params;
+
+/* The published processor settings of a family (preprocessor_config.json):
+ * Qwen3-VL patch 16, mean = std = 0.5, pixels [65536, 16777216]; Qwen2-VL
+ * patch 14, OpenAI CLIP mean and std, pixels [3136, 12845056]; both
+ * temporal 2, merge 2.  smart_resize's factor is patch * merge.  A model
+ * folder's own preprocessor_config.json overrides these. */
+int vl_image_family_defaults(vl_family family, vl_patch_params *pp, long *min_pixels,
+                             long *max_pixels);
 
 /* pixel_values rows of a resized image: (h/p)*(w/p) rows of
  * 3*temporal*p*p floats, (x/255 - mean)/std, the frame repeated temporal

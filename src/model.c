@@ -58,29 +58,40 @@ static int add_param(table_builder *tb, vl_param_group group, int no_decay,
 #define BIAS(tb, g, n, ...) add_param(tb, g, 1, 0, 1, SHAPE(n), __VA_ARGS__)
 #define NORM(tb, g, n, ...) add_param(tb, g, 1, 1, 1, SHAPE(n), __VA_ARGS__)
 
+/* The same merger in both families, under different names: Qwen3-VL
+ * norm / linear_fc1 / linear_fc2, Qwen2-VL's PatchMerger ln_q / mlp.0 / mlp.2
+ * (an nn.Sequential of Linear, GELU, Linear). */
 static void build_merger(table_builder *tb, vl_merger_params *mp,
                          const vl_model_config *c, int postshuffle,
                          const char *prefix) {
   const vl_vision_config *v = &c->vision;
+  const int q2 = c->family == VL_FAMILY_QWEN2_VL;
+  const char *norm = q2 ? "ln_q" : "norm", *fc1 = q2 ? "mlp.0" : "linear_fc1";
+  const char *fc2 = q2 ? "mlp.2" : "linear_fc2";
   int64_t merged = (int64_t)v->hidden_size * v->spatial_merge_size * v->spatial_merge_size;
   int64_t norm_dim = postshuffle ? merged : v->hidden_size;
   mp->postshuffle = postshuffle;
-  mp->norm_w = NORM(tb, VL_GROUP_MERGER, norm_dim, "%s.norm.weight", prefix);
-  mp->norm_b = BIAS(tb, VL_GROUP_MERGER, norm_dim, "%s.norm.bias", prefix);
-  mp->fc1_w = W2(tb, VL_GROUP_MERGER, merged, merged, "%s.linear_fc1.weight", prefix);
-  mp->fc1_b = BIAS(tb, VL_GROUP_MERGER, merged, "%s.linear_fc1.bias", prefix);
-  mp->fc2_w = W2(tb, VL_GROUP_MERGER, v->out_hidden_size, merged, "%s.linear_fc2.weight", prefix);
-  mp->fc2_b = BIAS(tb, VL_GROUP_MERGER, v->out_hidden_size, "%s.linear_fc2.bias", prefix);
+  mp->norm_w = NORM(tb, VL_GROUP_MERGER, norm_dim, "%s.%s.weight", prefix, norm);
+  mp->norm_b = BIAS(tb, VL_GROUP_MERGER, norm_dim, "%s.%s.bias", prefix, norm);
+  mp->fc1_w = W2(tb, VL_GROUP_MERGER, merged, merged, "%s.%s.weight", prefix, fc1);
+  mp->fc1_b = BIAS(tb, VL_GROUP_MERGER, merged, "%s.%s.bias", prefix, fc1);
+  mp->fc2_w = W2(tb, VL_GROUP_MERGER, v->out_hidden_size, merged, "%s.%s.weight", prefix, fc2);
+  mp->fc2_b = BIAS(tb, VL_GROUP_MERGER, v->out_hidden_size, "%s.%s.bias", prefix, fc2);
 }
 
 static void build_vision(table_builder *tb, const vl_model_config *c) {
   vl_model *m = tb->m;
   const vl_vision_config *v = &c->vision;
   const int64_t vh = v->hidden_size, vi = v->intermediate_size;
+  /* Qwen2-VL: Conv3d without bias, VisionMlp fc1/fc2; Qwen3-VL: with bias,
+   * linear_fc1/linear_fc2. */
+  const int q2 = c->family == VL_FAMILY_QWEN2_VL;
+  const char *fc1 = q2 ? "fc1" : "linear_fc1", *fc2 = q2 ? "fc2" : "linear_fc2";
   m->patch_embed_w = add_param(tb, VL_GROUP_VISION, 0, 0, 5,
       SHAPE(vh, v->in_channels, v->temporal_patch_size, v->patch_size, v->patch_size),
       "model.visual.patch_embed.proj.weight");
-  m->patch_embed_b = BIAS(tb, VL_GROUP_VISION, vh, "model.visual.patch_embed.proj.bias");
+  m->patch_embed_b = -1;
+  if (!q2) m->patch_embed_b = BIAS(tb, VL_GROUP_VISION, vh, "model.visual.patch_embed.proj.bias");
   m->pos_embed = -1;
   if (v->num_position_embeddings > 0)
     m->pos_embed = add_param(tb, VL_GROUP_VISION, 1, 0, 2,
@@ -97,10 +108,10 @@ static void build_vision(table_builder *tb, const vl_model_config *c) {
     b->proj_b = BIAS(tb, VL_GROUP_VISION, vh, "%s.%d.attn.proj.bias", pre, l);
     b->norm2_w = NORM(tb, VL_GROUP_VISION, vh, "%s.%d.norm2.weight", pre, l);
     b->norm2_b = BIAS(tb, VL_GROUP_VISION, vh, "%s.%d.norm2.bias", pre, l);
-    b->fc1_w = W2(tb, VL_GROUP_VISION, vi, vh, "%s.%d.mlp.linear_fc1.weight", pre, l);
-    b->fc1_b = BIAS(tb, VL_GROUP_VISION, vi, "%s.%d.mlp.linear_fc1.bias", pre, l);
-    b->fc2_w = W2(tb, VL_GROUP_VISION, vh, vi, "%s.%d.mlp.linear_fc2.weight", pre, l);
-    b->fc2_b = BIAS(tb, VL_GROUP_VISION, vh, "%s.%d.mlp.linear_fc2.bias", pre, l);
+    b->fc1_w = W2(tb, VL_GROUP_VISION, vi, vh, "%s.%d.mlp.%s.weight", pre, l, fc1);
+    b->fc1_b = BIAS(tb, VL_GROUP_VISION, vi, "%s.%d.mlp.%s.bias", pre, l, fc1);
+    b->fc2_w = W2(tb, VL_GROUP_VISION, vh, vi, "%s.%d.mlp.%s.weight", pre, l, fc2);
+    b->fc2_b = BIAS(tb, VL_GROUP_VISION, vh, "%s.%d.mlp.%s.bias", pre, l, fc2);
   }
   build_merger(tb, &m->merger, c, 0, "model.visual.merger");
   for (int k = 0; k < v->n_deepstack; k++) {
@@ -158,9 +169,8 @@ static void build_text(table_builder *tb, const vl_model_config *c) {
 int vl_model_build(vl_model *m, const vl_model_config *cfg) {
   memset(m, 0, sizeof *m);
   m->cfg = *cfg;
-  if (cfg->family != VL_FAMILY_QWEN3_VL)
-    VL_ERROR(VL_ENOTSUP, "model family %d: only qwen3-vl is implemented so far",
-             (int)cfg->family);
+  if (cfg->family != VL_FAMILY_QWEN3_VL && cfg->family != VL_FAMILY_QWEN2_VL)
+    VL_ERROR(VL_ENOTSUP, "model family %d is not known", (int)cfg->family);
   VL_CALL(vl_calloc((void **)&m->vblocks, (size_t)cfg->vision.depth + 1,
                     sizeof *m->vblocks, "vision block table"));
   VL_CALL(vl_calloc((void **)&m->deepstack, (size_t)cfg->vision.n_deepstack + 1,
@@ -201,6 +211,25 @@ int vl_model_freeze(vl_model *m, const char *patterns, size_t *frozen_elements) 
     if (!hits)
       VL_ERROR(VL_EINVAL, "train.freeze: pattern '%s' matches no parameter (names are Hugging Face's, "
                "e.g. model.visual.*)", pat);
+  }
+  return VL_OK;
+}
+
+int vl_model_decay_also(vl_model *m, const char *patterns, size_t *elements) {
+  char buf[512];
+  snprintf(buf, sizeof buf, "%s", patterns ? patterns : "");
+  *elements = 0;
+  for (char *save = NULL, *pat = strtok_r(buf, ", ", &save); pat; pat = strtok_r(NULL, ", ", &save)) {
+    int hits = 0;
+    for (int i = 0; i < m->n_params; i++)
+      if (fnmatch(pat, m->params[i].name, 0) == 0) {
+        if (m->params[i].no_decay) *elements += m->params[i].numel;
+        m->params[i].no_decay = 0;
+        hits++;
+      }
+    if (!hits)
+      VL_ERROR(VL_EINVAL, "train.decay_also: pattern '%s' matches no parameter (names are Hugging Face's, "
+               "e.g. *norm*)", pat);
   }
   return VL_OK;
 }

@@ -11,6 +11,12 @@
  * one GEMM with W ((nh + 2 nkv) hd, H); gate_proj and up_proj are adjacent
  * for one GEMM with W (2 I, H).  With tied embeddings lm_head.weight is not
  * in the table and the head reads embed_tokens.
+ *
+ * Families (model.family) share the structure; Qwen2-VL differs by names
+ * and absent tensors: no patch_embed bias, no pos_embed, no DeepStack
+ * mergers, block MLP mlp.fc1/mlp.fc2 (Qwen3-VL mlp.linear_fc1/linear_fc2),
+ * merger ln_q/mlp.0/mlp.2 (Qwen3-VL norm/linear_fc1/linear_fc2), q/k/v
+ * biases in the LLM (attention_bias) but no o_proj bias and no q/k norms.
  */
 #ifndef VL_MODEL_H
 #define VL_MODEL_H
@@ -72,7 +78,7 @@ typedef struct {
   size_t n_elements;                  /* total parameters */
   size_t group_elements[VL_GROUP_COUNT];
 
-  int patch_embed_w, patch_embed_b, pos_embed;
+  int patch_embed_w, patch_embed_b, pos_embed; /* bias, pos_embed: -1 for Qwen2-VL */
   vl_vision_block_params *vblocks;    /* [vision.depth] */
   vl_merger_params merger;
   vl_merger_params *deepstack;        /* [vision.n_deepstack] */
@@ -90,6 +96,12 @@ void vl_model_free(vl_model *m);
  * shell patterns (fnmatch), e.g. "model.visual.*".  A pattern matching no
  * parameter is an error.  Returns the number of frozen elements. */
 int vl_model_freeze(vl_model *m, const char *patterns, size_t *frozen_elements);
+
+/* Norms, biases and embeddings get no weight decay (no_decay); those whose
+ * HF name matches one of the comma-separated patterns (train.decay_also)
+ * get it like the others.  A pattern matching no parameter is an error.
+ * Returns the number of elements that no_decay left. */
+int vl_model_decay_also(vl_model *m, const char *patterns, size_t *elements);
 
 /* Index of the parameter with Hugging Face name `name`, or -1. */
 int vl_model_find(const vl_model *m, const char *name);

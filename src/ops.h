@@ -186,6 +186,18 @@ struct vl_ops {
   int (*adamw)(vl_ops *o, float *master, float *m, float *v, const vl_t *grad, vl_t *param,
                size_t n, float lr, float b1, float b2, float eps, float wd, float grad_scale,
                int t);
+  /* adamw_lean: the same update without an fp32 master (train.optimizer:
+   * lean, 12 bytes a parameter): the working weights are the only copy.
+   *   p = param (as fp32) * (1 - lr * wd) - (lr / (1 - b1^t)) * m / (...)
+   *   param = p rounded to bf16 stochastically (sround.h) with the random
+   *           bits vl_sr_hash(index0 + i, seed)
+   * index0: offset of element 0 in the whole parameter block; seed: the
+   * step's (vl_sr_step_seed).  The CPU backend (fp32 storage) writes the fp32
+   * value of that bf16 number; both evaluate the fp32 arithmetic in the same
+   * order without contraction, so they agree bit for bit on m, v and param. */
+  int (*adamw_lean)(vl_ops *o, float *m, float *v, const vl_t *grad, vl_t *param, size_t n,
+                    float lr, float b1, float b2, float eps, float wd, float grad_scale, int t,
+                    uint64_t seed, size_t index0);
 };
 
 /* The fp32 reference backend; always available. */

@@ -8,12 +8,14 @@
  * w * x * rsqrt(mean(x^2) + eps), rotate-half RoPE, softmax attention in fp32.
  * Backwards accumulate (+=) and skip NULL gradients, as ops.h requires. */
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "err.h"
 #include "ops.h"
+#include "sround.h"
 
 typedef float f32;
 
@@ -90,6 +92,18 @@ static int cpu_mem_info(vl_ops *o, size_t *free_b, size_t *total_b) {
   long ps = sysconf(_SC_PAGESIZE);
   *total_b = pages > 0 && ps > 0 ? (size_t)pages * (size_t)ps : 0;
   *free_b = avail > 0 && ps > 0 ? (size_t)avail * (size_t)ps : 0;
+  /* Linux: MemAvailable counts reclaimable page cache, which "free" does not */
+  FILE *f = fopen("/proc/meminfo", "r");
+  if (f) {
+    char line[128];
+    unsigned long long kb;
+    while (fgets(line, sizeof line, f))
+      if (sscanf(line, "MemAvailable: %llu kB", &kb) == 1) {
+        *free_b = (size_t)kb * 1024;
+        break;
+      }
+    fclose(f);
+  }
   return VL_OK;
 }
 
@@ -866,6 +880,33 @@ static int cpu_adamw(vl_ops *o, float *master, float *m, float *v, const vl_t *g
   return VL_OK;
 }
 
+/* AdamW on bf16-valued weights with stochastic rounding (train.optimizer: lean) */
+static int cpu_adamw_lean(vl_ops *o, float *m, float *v, const vl_t *grad_, vl_t *param_,
+                          size_t n, float lr, float b1, float b2, float eps, float wd, float gs,
+                          int t, uint64_t seed, size_t index0) {
+  if (t < 1) VL_ERROR(VL_EINVAL, "adamw_lean: step %d (steps count from 1)", t);
+  const f32 *grad = grad_;
+  f32 *param = param_;
+  const double bc1 = 1.0 - pow(b1, t), bc2 = 1.0 - pow(b2, t);
+  const f32 step = (f32)(lr / bc1), bc2s = (f32)sqrt(bc2);
+  const f32 decay = 1.0f - lr * wd, c1 = 1.0f - b1, c2 = 1.0f - b2;
+#pragma omp parallel for schedule(static) if (par((double)n))
+  for (size_t i = 0; i < n; i++) {
+    const f32 g = gs * grad[i];
+    f32 mi = b1 * m[i];
+    mi = mi + c1 * g;
+    f32 vi = b2 * v[i];
+    vi = vi + (c2 * g) * g;
+    const f32 den = sqrtf(vi) / bc2s + eps;
+    f32 p = param[i] * decay;
+    p = p - (step * mi) / den;
+    m[i] = mi;
+    v[i] = vi;
+    param[i] = vl_sr_bf16_float(p, vl_sr_hash((uint64_t)(index0 + i), seed));
+  }
+  return VL_OK;
+}
+
 int vl_ops_cpu_create(vl_ops **out) {
   vl_ops *o = NULL;
   *out = NULL;
@@ -907,6 +948,7 @@ int vl_ops_cpu_create(vl_ops **out) {
   o->sumsq = cpu_sumsq;
   o->diff_sumsq = cpu_diff_sumsq;
   o->adamw = cpu_adamw;
+  o->adamw_lean = cpu_adamw_lean;
   *out = o;
   return VL_OK;
 }

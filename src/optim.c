@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "err.h"
+#include "sround.h"
 
 double vl_optim_lr(const vl_train_config *t, int step) {
   const int w = t->warmup_steps, total = t->steps;
@@ -38,16 +39,26 @@ int vl_optim_create(vl_optim *o, const vl_model *m, vl_ops *ops, vl_comm *comm,
   o->padded = vl_optim_padded_size(o->n, comm->size);
   o->shard = o->padded / W;
   o->begin = o->shard * (size_t)comm->rank;
-  VL_CALL(ops->alloc(ops, (void **)&o->master, o->shard * sizeof(float), "fp32 master shard"));
+  o->lean = cfg->optimizer == VL_OPTIM_LEAN;
+  if (o->lean && !ops->adamw_lean)
+    VL_ERROR(VL_ENOTSUP, "the %s backend has no lean AdamW (train.optimizer: lean)", ops->name);
   VL_CALL(ops->alloc(ops, (void **)&o->mom1, o->shard * sizeof(float), "AdamW m shard"));
   VL_CALL(ops->alloc(ops, (void **)&o->mom2, o->shard * sizeof(float), "AdamW v shard"));
   VL_CALL(ops->zero(ops, o->mom1, o->shard * sizeof(float)));
   VL_CALL(ops->zero(ops, o->mom2, o->shard * sizeof(float)));
+  if (o->lean) return VL_OK; /* the working weights are the only copy */
+  VL_CALL(ops->alloc(ops, (void **)&o->master, o->shard * sizeof(float), "fp32 master shard"));
   VL_CALL(ops->zero(ops, o->master, o->shard * sizeof(float)));
-  size_t mine = o->begin < o->n ? (o->n - o->begin < o->shard ? o->n - o->begin : o->shard) : 0;
+  size_t mine = vl_optim_mine(o);
   if (mine) VL_CALL(ops->put_raw(ops, o->master, host_params + o->begin, mine * sizeof(float)));
   return VL_OK;
 }
+
+size_t vl_optim_mine(const vl_optim *o) {
+  return o->begin < o->n ? (o->n - o->begin < o->shard ? o->n - o->begin : o->shard) : 0;
+}
+
+void vl_optim_bind(vl_optim *o, vl_graph *g) { o->work = g->params; }
 
 void vl_optim_destroy(vl_optim *o) {
   if (!o->ops) return;
@@ -86,7 +97,7 @@ int vl_optim_step(vl_optim *o, vl_graph *g, int force_skip, vl_optim_stats *st) 
   vl_t *out_shard = (char *)g->params + o->begin * el;
   /* global norm from the shards */
   double ss = 0;
-  size_t mine = o->begin < o->n ? (o->n - o->begin < o->shard ? o->n - o->begin : o->shard) : 0;
+  size_t mine = vl_optim_mine(o);
   if (mine) VL_CALL(ops->sumsq(ops, grad_shard, mine, &ss));
   VL_CALL(vl_comm_allreduce_double(o->comm, &ss, 1, VL_COMM_SUM));
   const double norm = sqrt(ss);
@@ -124,6 +135,7 @@ int vl_optim_step(vl_optim *o, vl_graph *g, int force_skip, vl_optim_stats *st) 
   /* AdamW on my shard, one call per parameter piece (decay per parameter);
    * frozen parameters are left as they are */
   int rc = VL_OK;
+  const uint64_t seed = vl_sr_step_seed(o->cfg.seed, o->step);
   for (int i = 0; i < np && mine && rc == VL_OK; i++) {
     const vl_param *p = &o->m->params[i];
     size_t a = p->offset > o->begin ? p->offset : o->begin;
@@ -131,10 +143,16 @@ int vl_optim_step(vl_optim *o, vl_graph *g, int force_skip, vl_optim_stats *st) 
     if (a >= b || p->frozen) continue;
     size_t off = a - o->begin;
     float wd = p->no_decay ? 0.0f : (float)o->cfg.weight_decay;
-    rc = ops->adamw(ops, o->master + off, o->mom1 + off, o->mom2 + off,
-                    (char *)grad_shard + off * el, (char *)out_shard + off * el, b - a,
-                    (float)lr, (float)o->cfg.adam_beta1, (float)o->cfg.adam_beta2,
-                    (float)o->cfg.adam_eps, wd, (float)coef, o->step);
+    if (o->lean)
+      rc = ops->adamw_lean(ops, o->mom1 + off, o->mom2 + off, (char *)grad_shard + off * el,
+                           (char *)out_shard + off * el, b - a, (float)lr,
+                           (float)o->cfg.adam_beta1, (float)o->cfg.adam_beta2,
+                           (float)o->cfg.adam_eps, wd, (float)coef, o->step, seed, a);
+    else
+      rc = ops->adamw(ops, o->master + off, o->mom1 + off, o->mom2 + off,
+                      (char *)grad_shard + off * el, (char *)out_shard + off * el, b - a,
+                      (float)lr, (float)o->cfg.adam_beta1, (float)o->cfg.adam_beta2,
+                      (float)o->cfg.adam_eps, wd, (float)coef, o->step);
   }
   if (rc == VL_OK) rc = ops->sync(ops);
   if (rc == VL_OK && detail) { /* per-tensor norms from the shard pieces, summed over ranks */

@@ -7,6 +7,13 @@
  * to the owners, each owner updates its shard, and an all-gather brings the
  * updated working weights back to every rank.  Owns: shards, moments, step
  * count.  Does not own: the forward/backward (graph), communication (comm).
+ *
+ * train.optimizer: lean (one GPU for a model that zero1 cannot fit): no fp32
+ * master; the working weights (bf16 on the GPU) are the only copy and are
+ * updated in place by AdamW with stochastic rounding (ops.h adamw_lean),
+ * moments fp32 and sharded as above: 12 bytes a parameter instead of 16.
+ * Checkpoints hold the same tensors either way (/params = the weights as
+ * fp32), so a lean checkpoint resumes under zero1 and the reverse.
  */
 #ifndef VL_OPTIM_H
 #define VL_OPTIM_H
@@ -23,7 +30,9 @@ typedef struct {
   vl_comm *comm;
   vl_train_config cfg;
   size_t n, padded, shard, begin;  /* elements: model, padded block, per rank, my offset */
-  float *master, *mom1, *mom2;     /* backend fp32 (shard) */
+  float *master, *mom1, *mom2;     /* backend fp32 (shard); master NULL when lean */
+  int lean;                        /* train.optimizer: lean */
+  vl_t *work;                      /* the graph's working weights (vl_optim_bind) */
   int step;                        /* optimizer steps taken */
 } vl_optim;
 
@@ -53,6 +62,12 @@ size_t vl_optim_padded_size(size_t n, int world);
  * collectives run in place on them. */
 int vl_optim_create(vl_optim *o, const vl_model *m, vl_ops *ops, vl_comm *comm,
                     const vl_train_config *cfg, const float *host_params);
+/* Tells the optimizer where the graph's working weights are (checkpoints of
+ * a lean run read the weights from there).  vl_trainer_create calls it. */
+void vl_optim_bind(vl_optim *o, vl_graph *g);
+/* Elements of the shard this rank owns that lie inside the model (the last
+ * shards may hold padding only). */
+size_t vl_optim_mine(const vl_optim *o);
 /* Reduces g->grads over ranks (in place), clips, updates this rank's shard of
  * g->params, all-gathers g->params, zeroes g->grads.
  * force_skip: drop this step's gradients (a rank saw a non-finite loss). */

@@ -62,12 +62,13 @@ int vl_trainer_create(vl_trainer *t, const vl_config *cfg, const vl_model *m, vl
   memset(t, 0, sizeof *t);
   t->cfg = cfg; t->m = m; t->comm = comm; t->ops = ops;
   const vl_train_config *tc = &cfg->train;
-  VL_CALL(vl_graph_create_padded(&t->g, m, ops, tc->max_seq_len * tc->micro_batch,
-                                 tc->max_vision_patches * tc->micro_batch, 0,
-                                 vl_optim_padded_size(m->n_elements, comm->size)));
+  VL_CALL(vl_graph_create_opts(&t->g, m, ops, tc->max_seq_len * tc->micro_batch,
+                               tc->max_vision_patches * tc->micro_batch, 0,
+                               vl_optim_padded_size(m->n_elements, comm->size), tc->recompute));
   VL_CALL(ops->put(ops, t->g.params, host_params, m->n_elements));
   VL_CALL(ops->zero(ops, t->g.grads, m->n_elements * ops->elem_size));
   VL_CALL(vl_optim_create(&t->opt, m, ops, comm, tc, host_params));
+  vl_optim_bind(&t->opt, &t->g);
   /* every rank opens the data; they agree before anything collective follows */
   int rc = open_data(t);
   double bad = rc != VL_OK;
@@ -513,5 +514,21 @@ int vl_train_run(const vl_config *cfg, const vl_model *m, vl_comm *comm, vl_ops 
   if (rc == VL_OK) rc = crc;
   vl_trainer_destroy(&t);
   if (rc) return vl_err_trace(rc, __FILE__, __LINE__, __func__);
+  return VL_OK;
+}
+
+int vl_train_resolve_batch(vl_train_config *t, int world) {
+  if (world < 1 || t->micro_batch < 1) VL_ERROR(VL_EINVAL, "%d ranks x micro-batch %d", world, t->micro_batch);
+  if (t->global_batch <= 0) return VL_OK;
+  const long long per = (long long)world * t->micro_batch;
+  if (t->global_batch % per)
+    VL_ERROR(VL_EINVAL, "train.global_batch %d does not divide into %d rank(s) x micro_batch %d = %lld "
+             "samples per micro-step: use a multiple of %lld, or another number of ranks",
+             t->global_batch, world, t->micro_batch, per, per);
+  const long long a = t->global_batch / per;
+  if (a > 65536)
+    VL_ERROR(VL_EINVAL, "train.global_batch %d on %d rank(s) x micro_batch %d needs %lld accumulation steps "
+             "(at most 65536)", t->global_batch, world, t->micro_batch, a);
+  t->grad_accum = (int)a;
   return VL_OK;
 }

@@ -96,6 +96,10 @@ void vl_trainer_destroy(vl_trainer *t);
 /* SIGTERM and SIGUSR1 ask every rank to finish the current step, write a
  * checkpoint and stop (the ranks agree after each step). */
 void vl_train_catch_signals(void);
+/* global = ranks x micro_batch x grad_accum.  With train.global_batch set,
+ * sets grad_accum = global_batch / (world x micro_batch); an error naming
+ * the numbers when that does not divide (or exceeds grad_accum's range). */
+int vl_train_resolve_batch(vl_train_config *t, int world);
 
 /* Runs train.steps steps with a report line per step on rank 0 (a progress
  * bar on a terminal).  *preempted = 1 when a signal stopped it early. */

@@ -21,6 +21,7 @@
 #include <getopt.h>
 #include <libgen.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -40,6 +41,15 @@
 #define VL_INPUTS_DIR "inputs"
 #endif
 
+/* ---- interrupted: remove the writer's temporary file ------------------- */
+static char tmp_path[VL_PATH_MAX + 64];
+
+static void on_signal(int sig) {
+  if (tmp_path[0]) unlink(tmp_path);
+  signal(sig, SIG_DFL);
+  raise(sig);
+}
+
 /* ---- options and the model's preprocessing ------------------------------- */
 typedef struct {
   const char *model, *input, *output;
@@ -51,6 +61,7 @@ typedef struct {
   int skip_bad;
   uint64_t seed;
   int quiet;
+  int rgb;               /* --pixels rgb: store resized RGB instead of the files' bytes */
 } options;
 
 typedef struct {
@@ -248,7 +259,10 @@ typedef struct {
   int32_t *ids;
   uint8_t *mask;
   int n_tokens;
-  vl_image *images;    /* resized */
+  vl_image *images;    /* resized (--pixels rgb); else only w, h: the size to resize to */
+  uint8_t **encoded;   /* the image files' bytes (--pixels encoded) */
+  size_t *n_encoded;
+  int n_alloc;         /* entries of images, encoded, n_encoded */
   int32_t (*grids)[3];
   int n_images;
   size_t bytes_in;     /* image file bytes */
@@ -257,8 +271,13 @@ typedef struct {
 static void result_free(result *r) {
   free(r->ids);
   free(r->mask);
-  for (int i = 0; i < r->n_images; i++) vl_image_free(&r->images[i]);
+  for (int i = 0; i < r->n_alloc; i++) {
+    vl_image_free(&r->images[i]);
+    free(r->encoded[i]);
+  }
   free(r->images);
+  free(r->encoded);
+  free(r->n_encoded);
   free(r->grids);
   memset(r, 0, sizeof *r);
 }
@@ -287,7 +306,10 @@ static int truncate_sample(result *r, const vl_chat_tokens *t, int max, int merg
     if (end <= n) keep = i + 1;
     else { if (t->image_start[i] < n) n = t->image_start[i]; break; }
   }
-  for (int i = keep; i < r->n_images; i++) vl_image_free(&r->images[i]);
+  for (int i = keep; i < r->n_images; i++) {
+    vl_image_free(&r->images[i]);
+    if (r->encoded) { free(r->encoded[i]); r->encoded[i] = NULL; }
+  }
   r->n_images = keep;
   size_t sup = 0;
   for (size_t i = 0; i < n; i++) sup += t->mask[i];
@@ -333,7 +355,10 @@ static void process_line(const job_ctx *c, vl_chat *chat, vl_chat_tokens *tok, c
   if (!has_assistant) BAD(r, "no assistant message (nothing to learn)");
   r->images = calloc((size_t)ni + 1, sizeof *r->images);
   r->grids = calloc((size_t)ni + 1, sizeof *r->grids);
-  if (!r->images || !r->grids) { r->status = REC_FATAL; snprintf(r->msg, sizeof r->msg, "out of memory"); goto out; }
+  r->encoded = calloc((size_t)ni + 1, sizeof *r->encoded);
+  r->n_encoded = calloc((size_t)ni + 1, sizeof *r->n_encoded);
+  if (r->images && r->encoded) r->n_alloc = ni;
+  if (!r->images || !r->grids || !r->encoded || !r->n_encoded) { r->status = REC_FATAL; snprintf(r->msg, sizeof r->msg, "out of memory"); goto out; }
   const prep_model *m = c->m;
   i = 0;
   cJSON_ArrayForEach(e, ims) {
@@ -346,11 +371,23 @@ static void process_line(const job_ctx *c, vl_chat *chat, vl_chat_tokens *tok, c
       BAD(r, "image %d: %s: %s", i + 1, path,
           errno == ENOENT ? "no such file" : errno == EACCES ? "permission denied" : "cannot access");
     r->bytes_in += (size_t)st.st_size;
+    /* decoded in any case: an undecodable image is caught here, not in training */
     vl_image raw;
-    if (vl_image_load(&raw, path) != VL_OK) BAD(r, "image %d: %s", i + 1, vl_err_last());
+    uint8_t *bytes = NULL;
+    size_t nbytes = 0;
+    if (vl_image_read_file(path, &bytes, &nbytes) != VL_OK) BAD(r, "image %d: %s", i + 1, vl_err_last());
+    r->encoded[i] = bytes;
+    r->n_encoded[i] = nbytes;
+    if (vl_image_decode(&raw, bytes, nbytes, path) != VL_OK) BAD(r, "image %d: %s", i + 1, vl_err_last());
     int oh, ow;
     int rc = vl_smart_resize(raw.h, raw.w, m->patch * m->merge, m->min_pixels, m->max_pixels, &oh, &ow);
-    if (rc == VL_OK) rc = vl_image_resize_bicubic(&raw, ow, oh, &r->images[i]);
+    if (rc == VL_OK && c->opt->rgb) {
+      rc = vl_image_resize_bicubic(&raw, ow, oh, &r->images[i]);
+      free(r->encoded[i]);
+      r->encoded[i] = NULL;
+    } else if (rc == VL_OK) {
+      r->images[i] = (vl_image){ow, oh, NULL};
+    }
     vl_image_free(&raw);
     if (rc == VL_ENOMEM) { r->status = REC_FATAL; snprintf(r->msg, sizeof r->msg, "%s", vl_err_last()); goto out; }
     if (rc != VL_OK) BAD(r, "image %d: %s: %s", i + 1, e->valuestring, vl_err_last());
@@ -409,21 +446,36 @@ typedef struct {
   pthread_mutex_t mu;
   pthread_cond_t cv_ready, cv_free;
   int init_failed;
-  char init_msg[1024];
+  char init_msg[2048];
 } pool;
 
 static void *worker(void *arg) {
   pool *p = arg;
-  vl_err_set_quiet(1); /* per thread: the main thread reports our errors as FILE:LINE */
   vl_tokenizer *tk = NULL;
   vl_chat chat;
   vl_chat_tokens toks = {0};
-  int ok = vl_tokenizer_load(&tk, p->ctx.m->tokenizer) == VL_OK &&
-           vl_chat_init(&chat, tk, p->ctx.m->family, p->ctx.m->merge) == VL_OK;
+  vl_err_set_quiet(1); /* this thread's errors become FILE:LINE messages */
+  const prep_model *m = p->ctx.m;
+  int ok = vl_tokenizer_load(&tk, m->tokenizer) == VL_OK &&
+           vl_chat_init(&chat, tk, m->family, m->merge) == VL_OK;
+  char why[2048] = "";
+  /* the tokenizer must be the model's: its special ids and vocabulary */
+  if (ok && (chat.image_pad != m->tokens.image_token_id || chat.vision_start != m->tokens.vision_start_token_id ||
+             chat.vision_end != m->tokens.vision_end_token_id || vl_tokenizer_vocab_size(tk) > m->vocab_size)) {
+    snprintf(why, sizeof why,
+             "%s does not fit the model: <|image_pad|> %d, <|vision_start|> %d, <|vision_end|> %d, %d ids; the "
+             "model has %d, %d, %d and a vocabulary of %d", m->tokenizer, chat.image_pad, chat.vision_start,
+             chat.vision_end, vl_tokenizer_vocab_size(tk), m->tokens.image_token_id,
+             m->tokens.vision_start_token_id, m->tokens.vision_end_token_id, m->vocab_size);
+    ok = 0;
+    vl_chat_free(&chat);
+  } else if (!ok) {
+    snprintf(why, sizeof why, "%s", vl_err_last());
+  }
   pthread_mutex_lock(&p->mu);
   if (!ok) {
     p->init_failed = 1;
-    snprintf(p->init_msg, sizeof p->init_msg, "%s", vl_err_last());
+    snprintf(p->init_msg, sizeof p->init_msg, "%s", why);
     p->stop = 1;
     pthread_cond_broadcast(&p->cv_ready);
     pthread_mutex_unlock(&p->mu);
@@ -500,6 +552,9 @@ static void usage(FILE *f) {
           "  --seed S             seed of the split's hash (default 0)\n"
           "  --threads N          worker threads (default: all cores)\n"
           "  --skip-bad           skip bad records (counted) instead of stopping\n"
+          "  --pixels STORAGE     encoded (default): keep each image file's bytes, decoded\n"
+          "                       and resized when training reads it (file about the size\n"
+          "                       of the images); rgb: store the resized RGB pixels\n"
           "  --quiet              no progress output\n");
 }
 
@@ -513,12 +568,17 @@ static int parse_args(int argc, char **argv, options *o) {
     {"model", 1, 0, 'm'}, {"input", 1, 0, 'i'}, {"output", 1, 0, 'o'}, {"max-seq-len", 1, 0, 'L'},
     {"overlong", 1, 0, 'P'}, {"val-fraction", 1, 0, 'F'}, {"val-count", 1, 0, 'C'},
     {"threads", 1, 0, 't'}, {"skip-bad", 0, 0, 'k'}, {"seed", 1, 0, 's'}, {"quiet", 0, 0, 'q'},
+    {"pixels", 1, 0, 'X'},
     {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
   int ch;
   char *endp;
   while ((ch = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
     switch (ch) {
     case 'm': o->model = optarg; break;
+    case 'X':
+      if (!strcmp(optarg, "rgb")) o->rgb = 1;
+      else if (strcmp(optarg, "encoded")) VL_ERROR(VL_EINVAL, "--pixels %s: expected encoded or rgb", optarg);
+      break;
     case 'i': o->input = optarg; break;
     case 'o': o->output = optarg; break;
     case 'L':
@@ -634,6 +694,11 @@ static int run(const options *o) {
   char dir[VL_PATH_MAX];
   snprintf(dir, sizeof dir, "%s", dcopy ? dirname(dcopy) : ".");
   free(dcopy);
+  /* the writer's temporary name (dataset.h): removed if we are interrupted */
+  snprintf(tmp_path, sizeof tmp_path, "%s.tmp.%ld", o->output, (long)getpid());
+  signal(SIGINT, on_signal);
+  signal(SIGTERM, on_signal);
+  signal(SIGHUP, on_signal);
   VL_CALL_GOTO(rc, done, vl_dataset_writer_open(&w, o->output));
   /* workers */
   p.ctx.opt = o;
@@ -651,10 +716,9 @@ static int run(const options *o) {
   pthread_mutex_init(&p.mu, NULL);
   pthread_cond_init(&p.cv_ready, NULL);
   pthread_cond_init(&p.cv_free, NULL);
-  vl_err_set_quiet(1); /* workers' errors become FILE:LINE messages */
   for (; n_started < o->threads; n_started++)
     if (pthread_create(&th[n_started], NULL, worker, &p) != 0) break;
-  if (!n_started) { vl_err_set_quiet(0); VL_ERROR_GOTO(rc, done, VL_ENOMEM, "cannot start worker threads"); }
+  if (!n_started) { VL_ERROR_GOTO(rc, done, VL_ENOMEM, "cannot start worker threads"); }
   tally t;
   memset(&t, 0, sizeof t);
   int tty = isatty(2) && !o->quiet;
@@ -664,7 +728,6 @@ static int run(const options *o) {
     while (!p.ready[i % p.depth] && !p.init_failed) pthread_cond_wait(&p.cv_ready, &p.mu);
     if (p.init_failed) {
       pthread_mutex_unlock(&p.mu);
-      vl_err_set_quiet(0);
       VL_ERROR_GOTO(rc, done, VL_EINVAL, "%s", p.init_msg);
     }
     result r = p.slots[i % p.depth];
@@ -675,32 +738,30 @@ static int run(const options *o) {
     if (r.status != REC_BLANK) t.read++;
     t.bytes_in += (double)r.bytes_in;
     if (r.status == REC_FATAL) {
-      vl_err_set_quiet(0);
       VL_ERROR_GOTO(rc, done, VL_ENOMEM, "%s:%ld: %s", o->input, i + 1, r.msg);
     } else if (r.status == REC_BAD) {
       if (tty) fputc('\n', stderr);
       fprintf(stderr, "%s:%ld: %s\n", o->input, i + 1, r.msg);
       t.bad++;
       if (!o->skip_bad) {
-        vl_err_set_quiet(0);
         VL_ERROR_GOTO(rc, done, VL_EINVAL, "%s:%ld: bad record (use --skip-bad to skip such records)", o->input, i + 1);
       }
     } else if (r.status == REC_LONG) {
       t.long_skipped++;
     } else if (r.status == REC_OK) {
       vl_dataset_image im[64], *imp = r.n_images <= 64 ? im : malloc((size_t)r.n_images * sizeof *imp);
-      if (!imp) { result_free(&r); vl_err_set_quiet(0); VL_ERROR_GOTO(rc, done, VL_ENOMEM, "image list"); }
+      if (!imp) { result_free(&r); VL_ERROR_GOTO(rc, done, VL_ENOMEM, "image list"); }
       for (int k = 0; k < r.n_images; k++) {
         imp[k].h = r.images[k].h;
         imp[k].w = r.images[k].w;
         imp[k].rgb = r.images[k].rgb;
+        imp[k].encoded = r.encoded[k];
+        imp[k].n_encoded = r.n_encoded[k];
         memcpy(imp[k].grid_thw, r.grids[k], sizeof imp[k].grid_thw);
       }
-      vl_err_set_quiet(0);
       rc = vl_dataset_writer_add(w, is_val[i] ? "val" : "train", r.ids, r.mask, r.n_tokens, imp, r.n_images);
-      vl_err_set_quiet(1);
       if (imp != im) free(imp);
-      if (rc) { result_free(&r); vl_err_set_quiet(0); vl_err_trace(rc, __FILE__, __LINE__, __func__); goto done; }
+      if (rc) { result_free(&r); vl_err_trace(rc, __FILE__, __LINE__, __func__); goto done; }
       t.written++;
       t.val += is_val[i];
       t.truncated += r.truncated;
@@ -714,7 +775,6 @@ static int run(const options *o) {
       last = nw;
     }
   }
-  vl_err_set_quiet(0);
   if (!o->quiet) progress(tty, n_lines, n_lines, t.written, t0, 1);
   if (!t.written) VL_ERROR_GOTO(rc, done, VL_EINVAL, "%s: no sample left to write (%ld bad, %ld too long)", o->input, t.bad, t.long_skipped);
   info.family = m.family;
@@ -739,6 +799,7 @@ static int run(const options *o) {
   info.n_truncated = t.truncated;
   VL_CALL_GOTO(rc, done, vl_dataset_writer_commit(w, &info));
   w = NULL;
+  tmp_path[0] = 0;
   double el = now_s() - t0;
   struct stat st;
   double out_mb = stat(o->output, &st) == 0 ? st.st_size / 1e6 : 0, in_mb = (t.bytes_in + (double)len) / 1e6;
@@ -759,7 +820,6 @@ done:
     for (int k = 0; k < p.depth; k++)
       if (p.ready[k]) result_free(&p.slots[k]);
   }
-  vl_err_set_quiet(0);
   if (w) vl_dataset_writer_abort(w);
   free(th);
   free(p.slots);

@@ -19,6 +19,12 @@ void vl_weights_init_random(const vl_model *m, float *host, uint64_t seed, float
  * that the model does not have are an error unless allow_unexpected. */
 int vl_weights_load(const vl_model *m, const char *path, float *host, int allow_unexpected);
 
+/* Tensor names as transformers 4 saved them (the published Qwen2-VL
+ * checkpoints): "model.visual.X" -> "visual.X", "model.language_model.X" ->
+ * "model.X"; "" for names that did not change.  vl_weights_load accepts
+ * either form. */
+void vl_weights_legacy_name(const char *name, char *out, size_t n);
+
 /* splitmix64 stream and a standard normal (Box-Muller), shared by tests. */
 uint64_t vl_rng_next(uint64_t *state);
 float vl_rng_normal(uint64_t *state);

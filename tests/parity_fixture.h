@@ -1,7 +1,8 @@
-/* parity_fixture: loads the Hugging Face parity fixture
- * (tests/data/qwen3vl_parity) into vltrain's structures, runs the model on a
- * backend and compares with transformers' loss, logits and gradients.
- * Shared by test_hf_parity (CPU, fp32 limits) and test_ops_cuda (GPU, bf16). */
+/* parity_fixture: loads a Hugging Face parity fixture folder
+ * (tests/data/qwen3vl_parity, tests/data/qwen2vl_parity: the same format)
+ * into vltrain's structures, runs the model on a backend and compares with
+ * transformers' loss, logits and gradients.  Shared by test_hf_parity (CPU,
+ * fp32 limits) and test_ops_cuda (GPU, bf16). */
 #ifndef VL_PARITY_FIXTURE_H
 #define VL_PARITY_FIXTURE_H
 
@@ -35,11 +36,13 @@ static void *pf_read(vl_safetensors *st, const char *name, size_t *n, int as_int
   return v;
 }
 
-/* Runs the fixture on `o`; fills r; returns VL_OK or an error. */
-static int parity_run(vl_ops *o, parity_result *r) {
+/* Runs the fixture in `fixture` (a folder relative to the source tree, e.g.
+ * "tests/data/qwen2vl_parity") on `o`; fills r; returns VL_OK or an error. */
+static int parity_run_dir(vl_ops *o, const char *fixture, parity_result *r) {
   memset(r, 0, sizeof *r);
   char dir[1024], file[1200];
-  test_path(dir, sizeof dir, "tests/data/qwen3vl_parity");
+  test_path(dir, sizeof dir, fixture);
+  printf("fixture %s\n", fixture);
   vl_config cfg;
   snprintf(file, sizeof file, "%s/vltrain.yaml", dir);
   VL_CALL(vl_config_load(&cfg, file));

@@ -281,8 +281,13 @@ static void test_errors(void) {
   expect(with_include("model:\n  family: qwen2-vl\n"),
          "exp.yaml:3: model.family: qwen2-vl has no learned position grid and no DeepStack "
          "(expected num_position_embeddings 0 and deepstack_visual_indexes [])");
+  snprintf(want, sizeof want, "%s:%d: model.text.mrope_interleaved: qwen2-vl's M-RoPE is sectioned "
+           "(expected mrope_interleaved: false)", preset8b, line_of(preset8b, "mrope_interleaved:"));
   expect(with_include("model:\n  family: qwen2-vl\n  vision:\n    num_position_embeddings: 0\n"
-                      "    deepstack_visual_indexes: []\n"), NULL);
+                      "    deepstack_visual_indexes: []\n"), want);
+  expect(with_include("model:\n  family: qwen2-vl\n  text:\n    mrope_interleaved: false\n"
+                      "  vision:\n    num_position_embeddings: 0\n    deepstack_visual_indexes: []\n"),
+         NULL);
 }
 
 /* Accepted spellings. */

@@ -57,7 +57,7 @@ static void make_sample(ref_sample *s, int long_text, int big) {
     if (big) { h = 4 * (200 + (int)(rnd() % 50)); w = 4 * (200 + (int)(rnd() % 50)); }
     uint8_t *rgb = malloc((size_t)h * w * 3);
     for (size_t q = 0; q < (size_t)h * w * 3; q++) rgb[q] = (uint8_t)rnd();
-    s->im[j] = (vl_dataset_image){h, w, rgb, {1, h / P, w / P}};
+    s->im[j] = (vl_dataset_image){h, w, rgb, {1, h / P, w / P}, NULL, 0};
     pads[j] = (h / P) * (w / P) / (M * M);
   }
   int text = long_text ? 20000 + (int)(rnd() % 5000) : 5 + (int)(rnd() % 60);
@@ -200,6 +200,104 @@ static int make_damaged(const char *good, const char *bad, damage what) {
   return rc;
 }
 
+/* Encoded storage (the image files' bytes, decoded and resized when read)
+ * gives the same samples, bit for bit, as storing the resized RGB; a file
+ * that does not decode is named when its sample is read. */
+static void check_encoded_storage(const char *dir) {
+  static const char *const names[] = {"rgb8.png", "wide.png", "tall.jpg", "exif6.jpg", "palette.png"};
+  enum { NI = 5 };
+  uint8_t *bytes[NI];
+  size_t nbytes[NI];
+  vl_image res[NI];
+  vl_dataset_image im_rgb[NI], im_enc[NI];
+  vl_dataset_info info = micro_info();
+  info.min_pixels = 1024; info.max_pixels = 40000;
+  size_t rgb_bytes = 0, enc_bytes = 0;
+  for (int i = 0; i < NI; i++) {
+    char rel[128], path[1024];
+    snprintf(rel, sizeof rel, "tests/data/images/%s", names[i]);
+    test_path(path, sizeof path, rel);
+    vl_image dec;
+    int oh = 0, ow = 0;
+    CHECK(vl_image_read_file(path, &bytes[i], &nbytes[i]) == VL_OK, "%s: %s", path, vl_err_last());
+    CHECK(vl_image_decode(&dec, bytes[i], nbytes[i], path) == VL_OK, "decode %s", names[i]);
+    CHECK(vl_smart_resize(dec.h, dec.w, P * M, info.min_pixels, info.max_pixels, &oh, &ow) == VL_OK, "resize dims");
+    CHECK(vl_image_resize_bicubic(&dec, ow, oh, &res[i]) == VL_OK, "resize %s", names[i]);
+    vl_image_free(&dec);
+    im_rgb[i] = (vl_dataset_image){oh, ow, res[i].rgb, {1, oh / P, ow / P}, NULL, 0};
+    im_enc[i] = (vl_dataset_image){oh, ow, NULL, {1, oh / P, ow / P}, bytes[i], nbytes[i]};
+    rgb_bytes += (size_t)oh * ow * 3;
+    enc_bytes += nbytes[i];
+  }
+  int32_t ids[64];
+  uint8_t mask[64];
+  for (int t = 0; t < 64; t++) { ids[t] = t % 80; mask[t] = t > 40; }
+  char prgb[300], penc[300];
+  snprintf(prgb, sizeof prgb, "%s/rgb.h5", dir);
+  snprintf(penc, sizeof penc, "%s/enc.h5", dir);
+  const char *paths[2] = {prgb, penc};
+  for (int k = 0; k < 2; k++) {
+    vl_dataset_writer *w;
+    CHECK(vl_dataset_writer_open(&w, paths[k]) == VL_OK, "open %s", paths[k]);
+    for (int i = 0; i < NI; i++) /* one image a sample, then all five in one */
+      CHECK(vl_dataset_writer_add(w, "train", ids, mask, 64, k ? &im_enc[i] : &im_rgb[i], 1) == VL_OK, "add: %s",
+            vl_err_last());
+    CHECK(vl_dataset_writer_add(w, "train", ids, mask, 64, k ? im_enc : im_rgb, NI) == VL_OK, "add 5");
+    vl_err_set_quiet(1);
+    CHECK(vl_dataset_writer_add(w, "train", ids, mask, 64, k ? im_rgb : im_enc, 1) == VL_EINVAL &&
+          strstr(vl_err_last(), "one kind per file"), "mixed storage refused: %s", vl_err_last());
+    vl_err_set_quiet(0);
+    CHECK(vl_dataset_writer_commit(w, &info) == VL_OK, "commit: %s", vl_err_last());
+  }
+  vl_dataset *d[2] = {NULL, NULL};
+  for (int k = 0; k < 2; k++) CHECK(vl_dataset_open(&d[k], paths[k], "train") == VL_OK, "open: %s", vl_err_last());
+  if (!d[0] || !d[1]) return;
+  CHECK(!strcmp(vl_dataset_provenance(d[0])->pixel_storage, "rgb") &&
+        !strcmp(vl_dataset_provenance(d[1])->pixel_storage, "encoded"), "pixel_storage attributes");
+  vl_dataset_sample a, b;
+  memset(&a, 0, sizeof a);
+  memset(&b, 0, sizeof b);
+  int same = 1;
+  size_t rows = 0;
+  for (long i = 0; i < vl_dataset_size(d[0]); i++) {
+    CHECK(vl_dataset_read(d[0], i, &a) == VL_OK && vl_dataset_read(d[1], i, &b) == VL_OK, "read %ld: %s", i,
+          vl_err_last());
+    size_t n = 0;
+    for (int j = 0; j < a.sample.n_images; j++)
+      n += (size_t)a.sample.grid_thw[j][1] * a.sample.grid_thw[j][2] * 3 * TP * P * P;
+    same &= a.sample.n_images == b.sample.n_images && memcmp(a.sample.pixels, b.sample.pixels, n * 4) == 0 &&
+            memcmp(a.sample.grid_thw, b.sample.grid_thw, (size_t)a.sample.n_images * 12) == 0;
+    rows += n;
+  }
+  CHECK(same && rows > 0, "encoded and rgb storage give different pixel_values");
+  printf("encoded storage: %zu bytes of image files vs %zu of resized RGB; %zu pixel values identical\n", enc_bytes,
+         rgb_bytes, rows);
+  /* a file that does not decode: named when read */
+  char pbad[300];
+  snprintf(pbad, sizeof pbad, "%s/badimg.h5", dir);
+  uint8_t junk[100];
+  memcpy(junk, bytes[0], 100); /* a PNG signature, then the stream cut short */
+  vl_dataset_image bad = im_enc[0];
+  bad.encoded = junk;
+  bad.n_encoded = sizeof junk;
+  vl_dataset_writer *w;
+  CHECK(vl_dataset_writer_open(&w, pbad) == VL_OK && vl_dataset_writer_add(w, "train", ids, mask, 64, &bad, 1) == VL_OK &&
+        vl_dataset_writer_commit(w, &info) == VL_OK, "write the damaged image");
+  vl_dataset *db = NULL;
+  CHECK(vl_dataset_open(&db, pbad, "train") == VL_OK, "open: %s", vl_err_last());
+  if (db) {
+    vl_err_set_quiet(1);
+    int rc = vl_dataset_read(db, 0, &a);
+    vl_err_set_quiet(0);
+    CHECK(rc != VL_OK && strstr(vl_err_last(), "image 0"), "undecodable image: rc %d, %s", rc, vl_err_last());
+    vl_dataset_close(db);
+  }
+  vl_dataset_sample_free(&a);
+  vl_dataset_sample_free(&b);
+  for (int k = 0; k < 2; k++) vl_dataset_close(d[k]);
+  for (int i = 0; i < NI; i++) { free(bytes[i]); vl_image_free(&res[i]); }
+}
+
 int main(void) {
   char dir[] = "/tmp/vl_dataset_XXXXXX";
   if (!mkdtemp(dir)) return 1;
@@ -238,6 +336,42 @@ int main(void) {
   vl_dataset_info info = micro_info();
   CHECK(vl_dataset_writer_commit(w, &info) == VL_OK, "commit: %s", vl_err_last());
   CHECK(access(path, F_OK) == 0 && access(tmpname, F_OK) != 0, "commit renamed the temporary file");
+
+  /* plain HDF5 (H5Dread, as h5py would) sees the same bytes: the chunks the
+   * writer compressed itself are ordinary deflate chunks */
+  {
+    size_t nt = 0, np = 0;
+    for (int i = 0; i < NT; i++) {
+      nt += (size_t)tr[i].n;
+      for (int j = 0; j < tr[i].ni; j++) np += (size_t)tr[i].im[j].h * tr[i].im[j].w * 3;
+    }
+    int32_t *ids = malloc(nt * 4);
+    uint8_t *mask = malloc(nt), *pix = malloc(np);
+    hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    hid_t d1 = H5Dopen2(f, "train/tokens", H5P_DEFAULT), d2 = H5Dopen2(f, "train/loss_mask", H5P_DEFAULT),
+          d3 = H5Dopen2(f, "train/pixels", H5P_DEFAULT);
+    hid_t sp = H5Dget_space(d3);
+    hsize_t got = 0;
+    H5Sget_simple_extent_dims(sp, &got, NULL);
+    H5Sclose(sp);
+    int ok = got == np && H5Dread(d1, H5T_NATIVE_INT32, H5S_ALL, H5S_ALL, H5P_DEFAULT, ids) >= 0 &&
+             H5Dread(d2, H5T_NATIVE_UINT8, H5S_ALL, H5S_ALL, H5P_DEFAULT, mask) >= 0 &&
+             H5Dread(d3, H5T_NATIVE_UINT8, H5S_ALL, H5S_ALL, H5P_DEFAULT, pix) >= 0;
+    size_t at = 0, ap = 0;
+    for (int i = 0; ok && i < NT; i++) {
+      ok &= !memcmp(ids + at, tr[i].ids, (size_t)tr[i].n * 4) && !memcmp(mask + at, tr[i].mask, (size_t)tr[i].n);
+      at += (size_t)tr[i].n;
+      for (int j = 0; ok && j < tr[i].ni; j++) {
+        size_t b = (size_t)tr[i].im[j].h * tr[i].im[j].w * 3;
+        ok &= !memcmp(pix + ap, tr[i].im[j].rgb, b);
+        ap += b;
+      }
+    }
+    CHECK(ok, "H5Dread of tokens, loss_mask and pixels gives what was written (%llu pixel bytes, %zu expected)",
+          (unsigned long long)got, np);
+    H5Dclose(d1); H5Dclose(d2); H5Dclose(d3); H5Fclose(f);
+    free(ids); free(mask); free(pix);
+  }
 
   /* abort: nothing remains; a commit with bad provenance leaves nothing */
   {
@@ -484,6 +618,7 @@ int main(void) {
 
   for (int i = 0; i < NT; i++) free_sample(&tr[i]);
   for (int i = 0; i < NV; i++) free_sample(&va[i]);
+  check_encoded_storage(dir);
   char cmd[400];
   snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
   if (system(cmd)) fprintf(stderr, "cleanup of %s failed\n", dir);

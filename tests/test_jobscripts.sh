@@ -9,4 +9,12 @@ out=$(VLTRAIN="$VL_BUILDDIR/src/vltrain" "$VL_SRCDIR/jobscripts/train-mpirun.sh"
   || { echo "$out"; echo "FAIL: train-mpirun.sh"; exit 1; }
 echo "$out" | grep -q "2,127,532,032" || { echo "$out"; echo "FAIL: no summary"; exit 1; }
 echo "$out" | grep -q "global batch: 2 ranks" || { echo "FAIL: not 2 ranks"; exit 1; }
+# a real run through the wrapper: 2 ranks train the micro model and checkpoint
+d=$(mktemp -d /tmp/vl_jobscripts_XXXXXX)
+printf 'include: %s\ntrain: {steps: 3, grad_accum: 1}\nrun: {out_dir: %s/out}\n' "$VL_SRCDIR/tests/data/micro.yaml" "$d" > "$d/run.yaml"
+out=$(VLTRAIN="$VL_BUILDDIR/src/vltrain" "$VL_SRCDIR/jobscripts/train-mpirun.sh" 2 "$d/run.yaml" 2>&1); rc=$?
+ck=$(cat "$d/out/ckpt/latest" 2>/dev/null)
+rm -rf "$d"
+[ $rc -eq 0 ] && echo "$out" | grep -q "on 2 rank(s)" && echo "$out" | grep -q "^step 3/3" && [ "$ck" = step_0000003.h5 ] \
+  || { echo "$out"; echo "FAIL: train-mpirun.sh training run (exit $rc, latest '$ck')"; exit 1; }
 echo "job scripts ok"

@@ -2,7 +2,10 @@
  * DeepStack, LLM, loss) on a micro config against central finite differences
  * of the loss, for a sample of elements of EVERY parameter tensor; and
  * micro-batch invariance: two samples in one micro-batch give the same loss
- * sum and gradients as the two run one after the other (accumulation). */
+ * sum and gradients as the two run one after the other (accumulation).
+ * Both families: Qwen3-VL (DeepStack, pos embed, q/k norms, interleaved
+ * M-RoPE) and Qwen2-VL (quick_gelu ViT, no patch bias, q/k/v biases,
+ * sectioned M-RoPE). */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,7 +19,7 @@
 #include "test_util.h"
 #include "weights.h"
 
-static const char *micro_yaml =
+static const char *micro_qwen3 =
     "model:\n"
     "  family: qwen3-vl\n"
     "  text: {vocab_size: 64, hidden_size: 16, intermediate_size: 24, num_hidden_layers: 2,\n"
@@ -26,6 +29,19 @@ static const char *micro_yaml =
     "  vision: {depth: 2, hidden_size: 16, intermediate_size: 24, num_heads: 2, patch_size: 2,\n"
     "           temporal_patch_size: 2, spatial_merge_size: 2, out_hidden_size: 16,\n"
     "           num_position_embeddings: 16, deepstack_visual_indexes: [0, 1]}\n"
+    "  tokens: {image_token_id: 60, video_token_id: 61, vision_start_token_id: 58,\n"
+    "           vision_end_token_id: 59}\n";
+
+static const char *micro_qwen2 =
+    "model:\n"
+    "  family: qwen2-vl\n"
+    "  text: {vocab_size: 64, hidden_size: 16, intermediate_size: 24, num_hidden_layers: 2,\n"
+    "         num_attention_heads: 2, num_key_value_heads: 1, head_dim: 8, rms_norm_eps: 1.0e-6,\n"
+    "         rope_theta: 10000, mrope_section: [1, 2, 1], mrope_interleaved: false,\n"
+    "         attention_bias: true, tie_word_embeddings: false}\n"
+    "  vision: {depth: 2, hidden_size: 16, intermediate_size: 24, num_heads: 2, patch_size: 2,\n"
+    "           temporal_patch_size: 2, spatial_merge_size: 2, out_hidden_size: 16,\n"
+    "           hidden_act: quick_gelu}\n"
     "  tokens: {image_token_id: 60, video_token_id: 61, vision_start_token_id: 58,\n"
     "           vision_end_token_id: 59}\n";
 
@@ -45,9 +61,9 @@ static double run_loss(vl_graph *g, const vl_batch *b, float scale, int backward
   return loss;
 }
 
-int main(void) {
+static int check_family(const char *yaml, const char *name) {
   vl_config cfg;
-  if (vl_config_load_string(&cfg, micro_yaml, "micro.yaml") != VL_OK) {
+  if (vl_config_load_string(&cfg, yaml, name) != VL_OK) {
     fprintf(stderr, "config: %s\n", vl_err_last());
     return 1;
   }
@@ -55,6 +71,7 @@ int main(void) {
   if (vl_model_build(&m, &cfg.model) != VL_OK) return 1;
   vl_ops *o = NULL;
   if (vl_ops_cpu_create(&o) != VL_OK) return 1;
+  printf("%s: %d tensors, %zu parameters\n", name, m.n_params, m.n_elements);
 
   float *pix = malloc(sizeof(float) * 16 * 24);
   uint64_t rs = 42;
@@ -106,13 +123,18 @@ int main(void) {
       num += (fd - an) * (fd - an);
       den += an * an;
       checked++;
-      CHECK(err < 0.05, "%s[%zu]: analytic %.6g, finite difference %.6g", p->name,
+      if (getenv("VL_GRAD_VERBOSE") && err > 0.01)
+        printf("  %s[%zu] analytic %.6g fd %.6g err %.3g\n", p->name, j - p->offset, an, fd, err);
+      /* fp32 losses of ~50 resolve a difference quotient to ~1e-5: below
+       * that absolute gap a relative mismatch is rounding, not a bug (the
+       * aggregate check below still sees it) */
+      CHECK(err < 0.05 || fabs(fd - an) < 2e-5, "%s[%zu]: analytic %.6g, finite difference %.6g", p->name,
             j - p->offset, an, fd);
     }
   }
   double rel = sqrt(num / den);
-  printf("whole-model gradient: %d elements of %d tensors, ||fd - analytic|| / ||analytic|| = %.2e, worst element %.2e\n",
-         checked, m.n_params, rel, worst);
+  printf("%s whole-model gradient: %d elements of %d tensors, ||fd - analytic|| / ||analytic|| = %.2e, worst element %.2e\n",
+         name, checked, m.n_params, rel, worst);
   CHECK(rel < 5e-3, "aggregate relative error %.3e", rel);
 
   /* two samples in one micro-batch == the two accumulated separately */
@@ -133,5 +155,11 @@ int main(void) {
   vl_ops_destroy(o);
   vl_model_free(&m);
   vl_config_free(&cfg);
+  return 0;
+}
+
+int main(void) {
+  if (check_family(micro_qwen3, "micro-qwen3-vl.yaml")) return 1;
+  if (check_family(micro_qwen2, "micro-qwen2-vl.yaml")) return 1;
   TEST_END();
 }

@@ -1,6 +1,7 @@
 /* test_model_params: the parameter table of each preset counts exactly the
  * published number of parameters (transformers' count of the HF model), and
- * the table's layout is contiguous and adjacent where forward.c fuses GEMMs. */
+ * the table's layout is contiguous and adjacent where forward.c fuses GEMMs;
+ * Qwen2-VL's table has its own names and lacks Qwen3-VL's tensors. */
 #include "config.h"
 #include "err.h"
 #include "model.h"
@@ -44,6 +45,24 @@ static void check_preset(const expected_count *e) {
           "layer %d: gate, up not adjacent", l);
   }
   CHECK(vl_model_find(&m, "model.visual.blocks.0.attn.qkv.weight") >= 0, "name lookup");
+  /* family-specific names (transformers 5: model.visual.*, model.language_model.*) */
+  const int q2 = cfg.model.family == VL_FAMILY_QWEN2_VL;
+  const char *present[] = {
+      q2 ? "model.visual.blocks.0.mlp.fc1.weight" : "model.visual.blocks.0.mlp.linear_fc1.weight",
+      q2 ? "model.visual.merger.ln_q.bias" : "model.visual.merger.norm.bias",
+      q2 ? "model.visual.merger.mlp.2.weight" : "model.visual.merger.linear_fc2.weight",
+      q2 ? "model.language_model.layers.0.self_attn.k_proj.bias"
+         : "model.language_model.layers.0.self_attn.k_norm.weight",
+      q2 ? "model.visual.patch_embed.proj.weight" : "model.visual.patch_embed.proj.bias"};
+  const char *absent[] = {
+      q2 ? "model.visual.patch_embed.proj.bias" : "model.visual.blocks.0.mlp.fc1.weight",
+      q2 ? "model.language_model.layers.0.self_attn.q_norm.weight" : "model.visual.merger.ln_q.weight",
+      q2 ? "model.language_model.layers.0.self_attn.o_proj.bias" : "model.visual.merger.mlp.0.weight",
+      q2 ? "model.visual.pos_embed.weight" : "model.language_model.layers.0.self_attn.q_proj.bias"};
+  for (size_t i = 0; i < sizeof present / sizeof *present; i++)
+    CHECK(vl_model_find(&m, present[i]) >= 0, "%s: %s missing", e->file, present[i]);
+  for (size_t i = 0; i < sizeof absent / sizeof *absent; i++)
+    CHECK(vl_model_find(&m, absent[i]) < 0, "%s: %s should not exist", e->file, absent[i]);
   vl_model_free(&m);
   vl_config_free(&cfg);
 }
@@ -55,6 +74,11 @@ int main(void) {
       {"inputs/qwen3-vl-8b.yaml", 8767123696u, 8190735360u, 576388336u},
       {"inputs/qwen3-vl-4b.yaml", 4437815808u, 0, 0},
       {"inputs/qwen3-vl-2b.yaml", 2127532032u, 0, 0},
+      /* Qwen2-VL: totals of the published checkpoints (issue 6); the vision
+       * part counted by hand from the HF modules (patch embed without bias,
+       * 32 blocks, PatchMerger) */
+      {"inputs/qwen2-vl-7b.yaml", 8291375616u, 7615616512u, 675759104u},
+      {"inputs/qwen2-vl-2b.yaml", 2208985600u, 0, 665271296u},
   };
   vl_err_set_quiet(0);
   for (size_t i = 0; i < sizeof presets / sizeof *presets; i++) check_preset(&presets[i]);

@@ -211,12 +211,21 @@ static void test_rope(int T, int nh, int nkv, int hd, int norms) {
   free(c); free(s);
 }
 
+/* the CUDA backend's attention path for a shape (kernels/attention.cu);
+ * weak, since builds without CUDA have no such symbol */
+const char *vl_cuda_attention_path(const int32_t *seg_host, int nseg, int hd) __attribute__((weak));
+static const char *att_path(const int32_t *seg, int nseg, int hd) {
+  return vl_cuda_attention_path ? vl_cuda_attention_path(seg, nseg, hd) : "?";
+}
+
 static void test_attention(int T, int nseg, int nh, int nkv, int hd, int causal) {
-  char shape[80]; snprintf(shape, sizeof shape, "T%d seg%d h%d/%d d%d %s", T, nseg, nh, nkv, hd, causal ? "causal" : "bidir");
   int32_t seg[16];
   seg[0] = 0;
   for (int s = 1; s < nseg; s++) seg[s] = (int32_t)((long)T * s * s / (nseg * nseg)) + s; /* unequal */
   seg[nseg] = T;
+  char shape[80];
+  snprintf(shape, sizeof shape, "T%d seg%d h%d/%d d%d %s %s", T, nseg, nh, nkv, hd,
+           causal ? "causal" : "bidir", att_path(seg, nseg, hd));
   buf sg = mk_idx((size_t)nseg + 1, seg);
   const size_t W = (size_t)(nh + 2 * nkv) * hd;
   buf qkv = mk(T * W, 1, 0), out = mk((size_t)T * nh * hd, 1, 0), lse = mk((size_t)nh * T, 1, 1);
@@ -231,22 +240,29 @@ static void test_attention(int T, int nseg, int nh, int nkv, int hd, int causal)
   float *o_h = malloc((size_t)T * nh * hd * 4), *l_h = malloc((size_t)nh * T * 4);
   cpu->get(cpu, o_h, out.c, (size_t)T * nh * hd); gpu->put(gpu, out.g, o_h, (size_t)T * nh * hd);
   cpu->get_raw(cpu, l_h, lse.c, (size_t)nh * T * 4); gpu->put_raw(gpu, lse.g, l_h, (size_t)nh * T * 4);
+  /* from zero first: with long segments the gradients are small next to a
+   * random pre-fill, which would hide their errors; then += on the pre-fill */
+  buf dz = mk(T * W, 0, 0);
+  BOTH(cpu->attention_backward(cpu, dz.c, dy.c, out.c, lse.c, qkv.c, sg.c, seg, nseg, T, nh, nkv, hd, sc, causal),
+       gpu->attention_backward(gpu, dz.g, dy.g, out.g, lse.g, qkv.g, sg.g, seg, nseg, T, nh, nkv, hd, sc, causal));
+  e = cmp("attention_backward", "dqkv (from zero)", &dz, 1e-2);
   BOTH(cpu->attention_backward(cpu, dx.c, dy.c, out.c, lse.c, qkv.c, sg.c, seg, nseg, T, nh, nkv, hd, sc, causal),
        gpu->attention_backward(gpu, dx.g, dy.g, out.g, lse.g, qkv.g, sg.g, seg, nseg, T, nh, nkv, hd, sc, causal));
-  report("attention_backward", shape, cmp("attention_backward", "dqkv", &dx, 1e-2), last_ms);
+  report("attention_backward", shape, mx(e, cmp("attention_backward", "dqkv", &dx, 1e-2)), last_ms);
   free(o_h); free(l_h);
-  drop(&sg); drop(&qkv); drop(&out); drop(&lse); drop(&dy); drop(&dx);
+  drop(&sg); drop(&qkv); drop(&out); drop(&lse); drop(&dy); drop(&dx); drop(&dz);
 }
 
 /* Segments that leave rows uncovered (before seg[0], after seg[nseg]) and an
  * empty segment: those rows are neither written nor given gradients, so
  * outputs and gradients start equal (same random values) on both sides. */
-static void test_attention_partial(int gemm_path) {
-  const int T = 37, nseg = 3, nh = 4, nkv = 2, hd = 16, causal = !gemm_path;
-  int32_t seg[4] = {5, 20, 20, 33};
+static void test_attention_partial(int path, int causal) { /* path: 0 cores, 1 gemm, 2 flash */
+  const int T = path == 2 ? 301 : 37, nseg = 3, nh = 4, nkv = 2, hd = 16;
+  int32_t seg[4] = {5, 20, 20, path == 2 ? 290 : 33};
   char shape[80];
-  snprintf(shape, sizeof shape, "T37 rows 5..32 %s %s", causal ? "causal" : "bidir", gemm_path ? "gemm" : "cores");
-  setenv("VL_ATTENTION_GEMM", gemm_path ? "1" : "0", 1);
+  if (path < 2) setenv("VL_ATTENTION_GEMM", path ? "1" : "0", 1);
+  snprintf(shape, sizeof shape, "T%d rows 5..%d %s %s", T, seg[3] - 1, causal ? "causal" : "bidir",
+           att_path(seg, nseg, hd));
   buf sg = mk_idx(nseg + 1, seg);
   const size_t W = (size_t)(nh + 2 * nkv) * hd;
   buf qkv = mk(T * W, 1, 0), out = mk((size_t)T * nh * hd, 1, 0), lse = mk((size_t)nh * T, 1, 1);
@@ -383,6 +399,31 @@ static void test_optim(size_t n) {
   }
   e = mx(mx(cmp("adamw", "master", &master, 1e-5), cmp("adamw", "m", &m, 1e-5)), mx(cmp("adamw", "v", &v, 1e-5), cmp("adamw", "param", &p, 1e-2)));
   report("adamw (3 steps)", shape, e, last_ms);
+  /* lean AdamW (stochastic rounding): the same bits as the CPU backend */
+  buf lp = mk(n, 1, 0), lm = mk(n, 0.01f, 1), lv = mk(n, 0.01f, 1);
+  for (size_t i = 0; i < n; i++) lv.h[i] = lv.h[i] * lv.h[i];
+  cpu->put_raw(cpu, lv.c, lv.h, n * 4); gpu->put_raw(gpu, lv.g, lv.h, n * 4);
+  for (int t = 1; t <= 3; t++)
+    BOTH(cpu->adamw_lean(cpu, lm.c, lv.c, a.c, lp.c, n, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, 0.5f, t, 1234567u + t, 1000),
+         gpu->adamw_lean(gpu, lm.g, lv.g, a.g, lp.g, n, 1e-2f, 0.9f, 0.95f, 1e-8f, 0.1f, 0.5f, t, 1234567u + t, 1000));
+  {
+    float *x = malloc(n * 4), *y = malloc(n * 4), *x0 = malloc(n * 4);
+    size_t diff[3] = {0, 0, 0}, moved = 0;
+    const buf *bs[3] = {&lp, &lm, &lv};
+    for (int k = 0; k < 3; k++) {
+      if (k == 0) { cpu->get(cpu, x, lp.c, n); gpu->get(gpu, y, lp.g, n); }
+      else { cpu->get_raw(cpu, x, bs[k]->c, n * 4); gpu->get_raw(gpu, y, bs[k]->g, n * 4); }
+      for (size_t i = 0; i < n; i++) diff[k] += memcmp(&x[i], &y[i], 4) != 0;
+      if (k == 0) for (size_t i = 0; i < n; i++) moved += x[i] != lp.h[i];
+    }
+    CHECK(diff[0] == 0 && diff[1] == 0 && diff[2] == 0,
+          "adamw_lean: %zu weights, %zu m, %zu v of %zu differ from the CPU's bits", diff[0], diff[1], diff[2], n);
+    CHECK(moved > n / 2, "adamw_lean moved only %zu of %zu weights", moved, n);
+    printf("%-26s %-28s bitwise equal to the CPU (weights, m, v); %zu of %zu weights moved   gpu %8.3f ms\n",
+           "adamw_lean (3 steps, SR)", shape, moved, n, last_ms);
+    free(x); free(y); free(x0);
+  }
+  drop(&lp); drop(&lm); drop(&lv);
   drop(&a); drop(&b); drop(&master); drop(&m); drop(&v); drop(&p);
 }
 
@@ -446,6 +487,82 @@ static void test_bad_args(void) {
   drop(&x); drop(&f); drop(&sg);
 }
 
+/* VL_ATTENTION_BENCH=1: times attention forward and backward at the 8B
+ * workload's shapes on the flash path and on the older path
+ * (VL_ATTENTION_FLASH=0) in the same process, median of 20 runs each after
+ * warm-up, and prints TFLOP/s (forward 4 nh hd pairs, backward 2.5 times
+ * that: the usual convention, though the flash backward does 7/5 of it). */
+static int cmp_double(const void *a, const void *b) {
+  double x = *(const double *)a, y = *(const double *)b;
+  return (x > y) - (x < y);
+}
+static void bench_attention_shape(const char *name, int T, int nh, int nkv, int hd, int causal) {
+  int32_t seg[2] = {0, T};
+  buf sg = mk_idx(2, seg);
+  const size_t W = (size_t)(nh + 2 * nkv) * hd;
+  void *qkv, *out, *dy, *dx;
+  float *lse;
+  gpu->alloc(gpu, &qkv, T * W * 2, "bench");
+  gpu->alloc(gpu, &dx, T * W * 2, "bench");
+  gpu->alloc(gpu, &out, (size_t)T * nh * hd * 2, "bench");
+  gpu->alloc(gpu, &dy, (size_t)T * nh * hd * 2, "bench");
+  gpu->alloc(gpu, (void **)&lse, (size_t)T * nh * 4, "bench");
+  float *h = malloc(T * W * 4);
+  for (size_t i = 0; i < T * W; i++) h[i] = vl_rng_normal(&rng);
+  gpu->put(gpu, qkv, h, T * W);
+  gpu->put(gpu, dx, h, T * W);
+  gpu->put(gpu, dy, h, (size_t)T * nh * hd);
+  const double pairs = causal ? 0.5 * T * (T + 1.0) : (double)T * T;
+  const double ffwd = 4.0 * nh * hd * pairs, fbwd = 2.5 * ffwd;
+  const float sc = 1.0f / sqrtf((float)hd);
+  enum { NP = 2 };
+  float *oh[NP], *gh[NP]; /* out, and dqkv from one backward on zeros */
+  for (int k = 0; k < NP; k++) oh[k] = malloc((size_t)T * nh * hd * 4), gh[k] = malloc(T * W * 4);
+  /* the flash path, then the older one (VL_ATTENTION_FLASH=0) */
+  for (int path = 0; path < NP; path++) {
+    if (path == NP - 1) setenv("VL_ATTENTION_FLASH", "0", 1);
+    const char *pn = att_path(seg, 1, hd);
+    double tf[20], tb[20];
+    for (int r = -3; r < 20; r++) {
+      tic();
+      int rc = gpu->attention_forward(gpu, out, lse, qkv, sg.g, seg, 1, T, nh, nkv, hd, sc, causal);
+      double a = toc();
+      tic();
+      rc |= gpu->attention_backward(gpu, dx, dy, out, lse, qkv, sg.g, seg, 1, T, nh, nkv, hd, sc, causal);
+      double b = toc();
+      CHECK(rc == VL_OK, "bench %s: %s", name, vl_err_last());
+      if (r >= 0) { tf[r] = a; tb[r] = b; }
+    }
+    /* outputs of each path against the last (older) path's: a cross-check */
+    gpu->get(gpu, oh[path], out, (size_t)T * nh * hd);
+    gpu->zero(gpu, dx, T * W * 2); /* one backward from zero for the cross-check */
+    CHECK(gpu->attention_backward(gpu, dx, dy, out, lse, qkv, sg.g, seg, 1, T, nh, nkv, hd, sc, causal) == VL_OK,
+          "bench %s: %s", name, vl_err_last());
+    gpu->get(gpu, gh[path], dx, T * W);
+    qsort(tf, 20, sizeof(double), cmp_double);
+    qsort(tb, 20, sizeof(double), cmp_double);
+    printf("bench %-7s %-5s T%d h%d/%d d%d %s: forward %8.3f ms %6.1f TFLOP/s   backward %8.3f ms %6.1f TFLOP/s\n",
+           name, pn, T, nh, nkv, hd, causal ? "causal" : "bidir", tf[10], ffwd / tf[10] * 1e-9,
+           tb[10], fbwd / tb[10] * 1e-9);
+    unsetenv("VL_ATTENTION_FLASH");
+  }
+  for (int k = 0; k < NP - 1; k++) {
+    double e = rel_err_f32(oh[k], oh[NP - 1], (size_t)T * nh * hd);
+    double eg = rel_err_f32(gh[k], gh[NP - 1], T * W);
+    printf("bench %-7s flash vs the older path: relative difference out %.2e, dqkv %.2e\n", name, e, eg);
+    CHECK(e < 1e-2 && eg < 1e-2, "bench %s: path %d differs from the older path's: out %.2e, dqkv %.2e",
+          name, k, e, eg);
+  }
+  for (int k = 0; k < NP; k++) free(oh[k]), free(gh[k]);
+  free(h);
+  gpu->free(gpu, qkv); gpu->free(gpu, dx); gpu->free(gpu, out); gpu->free(gpu, dy); gpu->free(gpu, lse);
+  drop(&sg);
+}
+static void bench_attention(void) {
+  bench_attention_shape("vision", 8960, 16, 16, 72, 0);
+  bench_attention_shape("text", 2902, 32, 8, 128, 1);
+}
+
 int main(void) {
   vl_err_set_quiet(1);
   int rc = vl_ops_cuda_create(&gpu, 0);
@@ -457,6 +574,12 @@ int main(void) {
     return 1;
   }
   if (vl_ops_cpu_create(&cpu) != VL_OK) return 1;
+  if (getenv("VL_ATTENTION_BENCH")) {
+    bench_attention();
+    vl_ops_destroy(gpu);
+    vl_ops_destroy(cpu);
+    TEST_END();
+  }
   test_memory();
   test_zero_sizes();
   test_bad_args();
@@ -487,8 +610,22 @@ int main(void) {
   test_attention(1000, 3, 16, 8, 128, 1);
   test_attention(1000, 3, 16, 16, 72, 0);
   test_attention(64, 2, 2, 1, 256, 1); /* head_dim > 128: the GEMM path */
-  test_attention_partial(0);
-  test_attention_partial(1);
+  test_attention(50, 3, 4, 2, 6, 1);   /* head_dim % 8 != 0: not the flash path */
+  /* the flash path (the default for head_dim % 8 == 0, <= 128): one segment
+   * of thousands of rows, uneven segments, causal and not, GQA, the padded
+   * widths (8 -> 16, 40 -> 64, 72 -> 80) */
+  test_attention(3000, 1, 8, 2, 128, 1);
+  test_attention(2500, 1, 4, 4, 72, 0);
+  test_attention(2000, 5, 8, 2, 72, 1);
+  test_attention(777, 4, 4, 1, 128, 0);
+  test_attention(129, 3, 2, 1, 8, 1);
+  test_attention(200, 2, 4, 2, 40, 0);
+  test_attention(130, 2, 2, 2, 32, 1);
+  test_attention(257, 2, 2, 1, 64, 0);
+  test_attention_partial(0, 1);
+  test_attention_partial(1, 0);
+  test_attention_partial(2, 1);
+  test_attention_partial(2, 0);
   test_rope(37, 2, 1, 256, 1);
   test_loss(37, 32, 384);
   test_loss(1100, 64, 5003); /* more rows than one chunk (1,024) */
@@ -496,13 +633,18 @@ int main(void) {
   test_loss_bad_target();
   /* the whole tiny model on the GPU against transformers (float64 reference):
    * bf16 weights and activations, so bf16-level limits */
-  parity_result r;
-  rc = parity_run(gpu, &r);
-  CHECK(rc == VL_OK, "GPU parity run: %s", vl_err_last());
-  if (rc == VL_OK) {
-    CHECK(r.loss < 1e-2, "GPU loss vs transformers: relative error %.3e", r.loss);
-    CHECK(r.logits < 3e-2, "GPU logits vs transformers: relative error %.3e", r.logits);
-    CHECK(r.grad_all < 5e-2, "GPU gradients vs transformers: relative error %.3e", r.grad_all);
+  const char *fixtures[] = {"tests/data/qwen3vl_parity", "tests/data/qwen2vl_parity"};
+  for (int f = 0; f < 2; f++) {
+    parity_result r;
+    rc = parity_run_dir(gpu, fixtures[f], &r);
+    CHECK(rc == VL_OK, "%s: GPU parity run: %s", fixtures[f], vl_err_last());
+    if (rc == VL_OK) {
+      CHECK(r.loss < 1e-2, "%s: GPU loss vs transformers: relative error %.3e", fixtures[f], r.loss);
+      CHECK(r.logits < 3e-2, "%s: GPU logits vs transformers: relative error %.3e", fixtures[f],
+            r.logits);
+      CHECK(r.grad_all < 5e-2, "%s: GPU gradients vs transformers: relative error %.3e",
+            fixtures[f], r.grad_all);
+    }
   }
   vl_ops_destroy(gpu);
   vl_ops_destroy(cpu);

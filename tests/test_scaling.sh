@@ -18,4 +18,10 @@ rows=$(grep -cE '^(strong|weak),[12],' "$dir/study/results.csv")
 grep -q '^strong,1,1,4,4,' "$dir/study/results.csv" || { echo "FAIL: strong 1-rank row"; exit 1; }
 grep -q '^weak,2,1,2,4,' "$dir/study/results.csv" || { echo "FAIL: weak 2-rank row"; exit 1; }
 awk -F, 'NR > 1 && !($6 > 0 && $9 > 0) {exit 1}' "$dir/study/results.csv" || { echo "FAIL: empty figures"; exit 1; }
+if command -v gnuplot >/dev/null 2>&1; then # .ci/run installs gnuplot-nox
+  [ "$(head -c 4 "$dir/study/scaling.png" | od -An -c | tr -d ' ')" = '211PNG' ] || { echo "FAIL: no PNG plot"; exit 1; }
+  echo "plot: scaling.png, $(wc -c < "$dir/study/scaling.png") bytes"
+else
+  echo "gnuplot not installed: the plot is not checked"
+fi
 echo "scaling driver ok"

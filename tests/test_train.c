@@ -7,13 +7,18 @@
  *    norm clipping) fed by the model's gradients;
  *  - the loss goes down;
  *  - train.freeze: a frozen vision tower stays bitwise unchanged while the
- *    LLM trains; a non-finite loss skips the step (or stops, by policy);
+ *    LLM trains; train.decay_also adds the weight decay to the norms it names; a non-finite loss skips the step (or stops, by policy);
  *  - gradient statistics: rows every stats_every steps, per-tensor
- *    gradient norms whose root sum of squares is the global norm;
+ *    gradient norms whose root sum of squares is the global norm, parameter
+ *    norms and update ratios equal to those of two saved checkpoints, the
+ *    noise-scale formula on hand-made norms;
  *  - checkpoints: 5 steps + save + resume + 5 steps is bitwise identical to
  *    10 straight steps on the same ranks; a checkpoint written by W ranks
  *    resumes on one rank and continues like the one-rank run; truncated,
- *    foreign and another model's checkpoints give clear errors. */
+ *    foreign and another model's checkpoints, one value changed (weights or
+ *    a moment: checksums), a tensor of another shape with the same parameter
+ *    count, and another format name give clear errors;
+ *  - train.optimizer: lean on W ranks equals one rank with accumulation W. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,6 +30,7 @@
 #include "comm.h"
 #include "config.h"
 #include "err.h"
+#include "gradstats.h"
 #include "graph.h"
 #include "optim.h"
 #include "synth.h"
@@ -72,6 +78,11 @@ int main(int argc, char **argv) {
   CHECK(fabs(vl_optim_lr(&t, 6) - 5e-3) < 1e-12 && vl_optim_lr(&t, 10) == 0, "linear");
   t.schedule = VL_SCHED_CONSTANT;
   CHECK(vl_optim_lr(&t, 9) == 1e-2, "constant");
+  /* gradient noise scale (McCandlish et al. 2018, B_simple = S / |G|^2) from
+   * |G_B|^2 = |G|^2 + S / B: with |G|^2 = 4, S = 2: |G_1|^2 = 6, |G_2|^2 = 5 */
+  CHECK(fabs(vl_noise_scale(6.0, 1.0, 5.0, 2.0) - 0.5) < 1e-12, "noise scale %g", vl_noise_scale(6.0, 1.0, 5.0, 2.0));
+  CHECK(fabs(vl_noise_scale(4.0 + 8.0 / 4, 4.0, 4.0 + 8.0 / 16, 16.0) - 2.0) < 1e-12, "noise scale B 4 vs 16");
+  CHECK(isnan(vl_noise_scale(6.0, 2.0, 5.0, 2.0)), "noise scale with equal batches is undefined");
 
   float *w0 = malloc(n * sizeof(float));
   vl_weights_init_random(&m, w0, 5, 0.2f);
@@ -139,6 +150,50 @@ int main(int argc, char **argv) {
     CHECK(llm_moved > 10, "only %d trainable tensors changed", llm_moved);
     free(pf); free(w0r);
     vl_model_free(&mf);
+  }
+  /* train.decay_also: norms get the decoupled weight decay too; after one
+   * step they differ from the default run by lr * wd * w0, the rest not at all */
+  if (!on_gpu) {
+    vl_config cd = cfg; /* a shallow copy, not freed */
+    cd.train.warmup_steps = 0;
+    vl_model md;
+    vl_model_build(&md, &cd.model);
+    size_t nd = 0;
+    CHECK(vl_model_decay_also(&md, "*norm*", &nd) == VL_OK && nd > 0, "decay_also: %s", vl_err_last());
+    vl_err_set_quiet(1);
+    size_t dummy;
+    CHECK(vl_model_decay_also(&md, "model.nothing.*", &dummy) == VL_EINVAL, "a pattern matching nothing is an error");
+    vl_err_set_quiet(0);
+    float *p1 = malloc(n * sizeof(float)), *p2 = malloc(n * sizeof(float));
+    vl_step_report r;
+    CHECK(vl_trainer_create(&tr, &cd, &m, &cw, o, w0) == VL_OK && vl_trainer_step(&tr, &r) == VL_OK, "step D1");
+    vl_trainer_params(&tr, p1);
+    vl_trainer_destroy(&tr);
+    CHECK(vl_trainer_create(&tr, &cd, &md, &cw, o, w0) == VL_OK && vl_trainer_step(&tr, &r) == VL_OK, "step D2");
+    vl_trainer_params(&tr, p2);
+    vl_trainer_destroy(&tr);
+    const double lwd = vl_optim_lr(&cd.train, 0) * cd.train.weight_decay;
+    double worst = 0;
+    int changed = 0, others_same = 1;
+    size_t counted = 0;
+    for (int i = 0; i < md.n_params; i++) {
+      const vl_param *p = &md.params[i];
+      if (p->no_decay == m.params[i].no_decay) {
+        others_same &= !memcmp(p1 + p->offset, p2 + p->offset, p->numel * sizeof(float));
+        continue;
+      }
+      changed++;
+      for (size_t j = p->offset; j < p->offset + p->numel; j++, counted++) {
+        double e = fabs(((double)p1[j] - p2[j]) - lwd * w0[j]) / (lwd * fabs(w0[j]) + 1e-12);
+        if (e > worst) worst = e;
+      }
+    }
+    CHECK(counted == nd && changed > 0, "decay_also changed %d tensors, %zu of %zu elements", changed, counted, nd);
+    CHECK(others_same, "decay_also changed a parameter it does not name");
+    CHECK(worst < 1e-3, "norms with decay differ from lr*wd*w0 by %.3e of it", worst);
+    if (rank == 0) printf("train.decay_also *norm*: %d tensors decayed by lr*wd*w0 within %.1e of it\n", changed, worst);
+    free(p1); free(p2);
+    vl_model_free(&md);
   }
   /* non-finite: a NaN weight makes every loss NaN: steps are skipped, or stop */
   {
@@ -252,6 +307,75 @@ int main(int argc, char **argv) {
     free(w2);
     vl_model_free(&mo);
     vl_config_free(&other);
+    /* altered copies of the step-5 checkpoint (serial HDF5 edits): one value
+     * changed, a tensor stored with a transposed shape (same parameter
+     * count), another format: each a clear error, and the original still loads */
+    {
+      int q2 = -1; /* a 2-D tensor that is not square */
+      for (int i = 0; i < m.n_params && q2 < 0; i++)
+        if (m.params[i].ndim == 2 && m.params[i].shape[0] != m.params[i].shape[1]) q2 = i;
+      const vl_param *pq = &m.params[q2];
+      float *buf = malloc(pq->numel * sizeof(float));
+      char dname[VL_NAME_MAX + 32];
+      for (int what = 0; what < 4; what++) {
+        snprintf(bad, sizeof bad, "%s/altered%d.h5", dir, what);
+        snprintf(cmd, sizeof cmd, "cp %s %s", p5, bad);
+        CHECK(system(cmd) == 0, "copy");
+        hid_t hf = H5Fopen(bad, H5F_ACC_RDWR, H5P_DEFAULT);
+        snprintf(dname, sizeof dname, "%s/%s", what == 1 ? "optimizer/v" : "params", pq->name);
+        hid_t ds = H5Dopen2(hf, dname, H5P_DEFAULT);
+        CHECK(hf >= 0 && ds >= 0 && H5Dread(ds, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf) >= 0,
+              "read %s", dname);
+        if (what <= 1) { /* one value changed in the last bit, in the weights or a moment */
+          uint32_t bits;
+          memcpy(&bits, &buf[pq->numel / 2], 4);
+          bits ^= 1;
+          memcpy(&buf[pq->numel / 2], &bits, 4);
+          H5Dwrite(ds, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf);
+          H5Dclose(ds);
+        } else if (what == 2) { /* [r, c] stored as [c, r], the same data and checksum */
+          unsigned long long sum = 0;
+          hid_t a = H5Aopen(ds, "checksum", H5P_DEFAULT);
+          H5Aread(a, H5T_NATIVE_ULLONG, &sum);
+          H5Aclose(a);
+          H5Dclose(ds);
+          H5Ldelete(hf, dname, H5P_DEFAULT);
+          hsize_t dims[2] = {(hsize_t)pq->shape[1], (hsize_t)pq->shape[0]};
+          hid_t sp = H5Screate_simple(2, dims, NULL), one = H5Screate(H5S_SCALAR);
+          ds = H5Dcreate2(hf, dname, H5T_IEEE_F32LE, sp, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+          H5Dwrite(ds, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, buf);
+          a = H5Acreate2(ds, "checksum", H5T_NATIVE_ULLONG, one, H5P_DEFAULT, H5P_DEFAULT);
+          H5Awrite(a, H5T_NATIVE_ULLONG, &sum);
+          H5Aclose(a); H5Sclose(one); H5Sclose(sp); H5Dclose(ds);
+        } else { /* another format name */
+          H5Dclose(ds);
+          H5Adelete(hf, "format");
+          hid_t st = H5Tcopy(H5T_C_S1), one = H5Screate(H5S_SCALAR);
+          H5Tset_size(st, 16);
+          hid_t a = H5Acreate2(hf, "format", st, one, H5P_DEFAULT, H5P_DEFAULT);
+          H5Awrite(a, st, "other-format-9\0\0");
+          H5Aclose(a); H5Sclose(one); H5Tclose(st);
+        }
+        CHECK(H5Fclose(hf) >= 0, "close %s", bad);
+        vl_trainer_create(&tr, &cfg, &m, &cs, o, w0);
+        rc = vl_trainer_resume(&tr, bad);
+        vl_trainer_destroy(&tr);
+        const char *msg = vl_err_last();
+        if (what <= 1)
+          CHECK(rc == VL_EIO && strstr(msg, "does not match its checksum") && strstr(msg, pq->name) &&
+                strstr(msg, what ? "/optimizer/v/" : "/params/"), "altered value: rc %d %s", rc, msg);
+        else if (what == 2)
+          CHECK(rc == VL_ESHAPE && strstr(msg, pq->name) && strstr(msg, "the model expects"),
+                "transposed tensor: rc %d %s", rc, msg);
+        else
+          CHECK(rc == VL_EIO && strstr(msg, "other-format-9"), "another format: rc %d %s", rc, msg);
+        printf("altered checkpoint %d: %s\n", what, msg);
+      }
+      free(buf);
+      vl_trainer_create(&tr, &cfg, &m, &cs, o, w0);
+      CHECK(vl_trainer_resume(&tr, p5) == VL_OK && tr.step == 5, "the original after the copies: %s", vl_err_last());
+      vl_trainer_destroy(&tr);
+    }
     vl_err_set_quiet(0);
     snprintf(cmd, sizeof cmd, "ls %s/ckpt | grep -c step_ | grep -qx 2", dir);
     CHECK(system(cmd) == 0, "keep 2: the newest two checkpoints remain");
@@ -310,6 +434,36 @@ int main(int argc, char **argv) {
     free(p); free(m1); free(m2); free(pf); free(gr); free(pb);
     vl_comm_free(&cs);
   }
+  /* train.optimizer: lean sharded over W ranks (moments ZeRO-1) equals one
+   * rank with accumulation W: the stochastic rounding draws on the element's
+   * place in the whole block, not on the shard */
+  {
+    vl_config cl = cfg;
+    cl.train.optimizer = VL_OPTIM_LEAN;
+    cl.train.grad_accum = 1;
+    float *pl = malloc(n * sizeof(float)), *p1 = malloc(n * sizeof(float));
+    CHECK(vl_trainer_create(&tr, &cl, &m, &cw, o, w0) == VL_OK, "lean trainer: %s", vl_err_last());
+    for (int s = 0; s < 10; s++) { vl_step_report r; CHECK(vl_trainer_step(&tr, &r) == VL_OK, "lean step"); }
+    vl_trainer_params(&tr, pl);
+    vl_trainer_destroy(&tr);
+    if (rank == 0) {
+      vl_comm cs;
+      vl_comm_init_on(&cs, MPI_COMM_SELF, on_gpu ? VL_BACKEND_CUDA : VL_BACKEND_CPU, 0, 60);
+      cl.train.grad_accum = W;
+      CHECK(vl_trainer_create(&tr, &cl, &m, &cs, o, w0) == VL_OK, "lean trainer, one rank");
+      for (int s = 0; s < 10; s++) { vl_step_report r; vl_trainer_step(&tr, &r); }
+      vl_trainer_params(&tr, p1);
+      vl_trainer_destroy(&tr);
+      vl_comm_free(&cs);
+      size_t diff = 0;
+      for (size_t i = 0; i < n; i++) diff += pl[i] != p1[i];
+      double e = rel_err_f32(pl, p1, n);
+      printf("lean: %d ranks x accumulation 1 vs 1 rank x accumulation %d: %zu of %zu weights differ, "
+             "relative %.2e\n", W, W, diff, n, e);
+      CHECK(e < (on_gpu ? 3e-2 : 1e-3), "lean sharded vs one-rank accumulation: %.3e", e);
+    }
+    free(pl); free(p1);
+  }
   int f = test_failures_;
   MPI_Allreduce(MPI_IN_PLACE, &f, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
   /* gradient statistics through vl_train_run */
@@ -318,7 +472,8 @@ int main(int argc, char **argv) {
     snprintf(c2.run.out_dir, sizeof c2.run.out_dir, "%s/stats", dir);
     c2.train.steps = 6;
     c2.train.stats_every = 2;
-    c2.run.checkpoint_every = 0;
+    c2.run.checkpoint_every = 1; /* steps 5 and 6 kept: the update of step 6 */
+    c2.run.keep_checkpoints = 2;
     int pre = 0;
     CHECK(vl_train_run(&c2, &m, &cw, o, w0, &pre) == VL_OK && !pre, "train run: %s", vl_err_last());
     /* validation loss of the initial weights, split over W ranks and on one */
@@ -383,12 +538,103 @@ int main(int argc, char **argv) {
       H5Dread(d, H5T_NATIVE_DOUBLE, H5S_ALL, H5S_ALL, H5P_DEFAULT, &es); H5Dclose(d);
       d = H5Dopen2(f, "eval_loss", H5P_DEFAULT);
       H5Dread(d, H5T_NATIVE_DOUBLE, H5S_ALL, H5S_ALL, H5P_DEFAULT, &el); H5Dclose(d);
+      double ea = -1;
+      d = H5Dopen2(f, "eval_accuracy", H5P_DEFAULT);
+      CHECK(d >= 0 && H5Dread(d, H5T_NATIVE_DOUBLE, H5S_ALL, H5S_ALL, H5P_DEFAULT, &ea) >= 0, "eval_accuracy");
+      H5Dclose(d);
+      CHECK(ea >= 0 && ea <= 1, "eval_accuracy %g", ea);
       CHECK(es == 6 && el < l0, "validation loss at step %g: %.4f, initial %.4f", es, el, l0);
+      /* the row of step 6 against the checkpoints of steps 5 and 6: parameter
+       * norms of the updated weights, update ratios |w6 - w5| / |w6| */
+      {
+        double *pn = calloc(m.n_params, sizeof(double)), *ur = calloc(m.n_params, sizeof(double));
+        hsize_t st2[2] = {2, 0}, cnt[2] = {1, (hsize_t)m.n_params};
+        hid_t ms = H5Screate_simple(2, cnt, NULL);
+        const char *sets[2] = {"tensor_param_norm", "tensor_update_ratio"};
+        double *dst[2] = {pn, ur};
+        for (int k = 0; k < 2; k++) {
+          d = H5Dopen2(f, sets[k], H5P_DEFAULT);
+          hid_t fs = H5Dget_space(d);
+          H5Sselect_hyperslab(fs, H5S_SELECT_SET, st2, NULL, cnt, NULL);
+          CHECK(H5Dread(d, H5T_NATIVE_DOUBLE, ms, fs, H5P_DEFAULT, dst[k]) >= 0, "read %s", sets[k]);
+          H5Sclose(fs); H5Dclose(d);
+        }
+        H5Sclose(ms);
+        char c5[VL_PATH_MAX + 64], c6[VL_PATH_MAX + 64];
+        snprintf(c5, sizeof c5, "%s/ckpt/step_0000005.h5", c2.run.out_dir);
+        snprintf(c6, sizeof c6, "%s/ckpt/step_0000006.h5", c2.run.out_dir);
+        hid_t f5 = H5Fopen(c5, H5F_ACC_RDONLY, H5P_DEFAULT), f6 = H5Fopen(c6, H5F_ACC_RDONLY, H5P_DEFAULT);
+        CHECK(f5 >= 0 && f6 >= 0, "checkpoints of steps 5 and 6");
+        double worst_n = 0, worst_u = 0;
+        for (int i = 0; i < m.n_params && f5 >= 0 && f6 >= 0; i++) {
+          const vl_param *pp = &m.params[i];
+          float *a5 = malloc(pp->numel * sizeof(float)), *a6 = malloc(pp->numel * sizeof(float));
+          char nm[VL_NAME_MAX + 16];
+          snprintf(nm, sizeof nm, "params/%s", pp->name);
+          hid_t d5 = H5Dopen2(f5, nm, H5P_DEFAULT), d6 = H5Dopen2(f6, nm, H5P_DEFAULT);
+          H5Dread(d5, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, a5);
+          H5Dread(d6, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, a6);
+          H5Dclose(d5); H5Dclose(d6);
+          double n6 = 0, du = 0;
+          for (size_t j = 0; j < pp->numel; j++) {
+            n6 += (double)a6[j] * a6[j];
+            du += ((double)a6[j] - a5[j]) * ((double)a6[j] - a5[j]);
+          }
+          n6 = sqrt(n6);
+          double u = n6 > 0 ? sqrt(du) / n6 : 0;
+          double en = fabs(pn[i] - n6) / (n6 > 0 ? n6 : 1), eu = fabs(ur[i] - u) / (u > 0 ? u : 1);
+          if (en > worst_n) worst_n = en;
+          if (eu > worst_u) worst_u = eu;
+          free(a5); free(a6);
+        }
+        if (f5 >= 0) H5Fclose(f5);
+        if (f6 >= 0) H5Fclose(f6);
+        CHECK(worst_n < (on_gpu ? 3e-2 : 1e-6), "parameter norms vs the checkpoint: %.3e", worst_n);
+        CHECK(worst_u < (on_gpu ? 3e-1 : 1e-5), "update ratios vs two checkpoints: %.3e", worst_u);
+        printf("statistics of step 6 vs checkpoints 5 and 6: parameter norms within %.1e, update ratios within %.1e\n",
+               worst_n, worst_u);
+        free(pn); free(ur);
+      }
       printf("validation loss: %.4f at start, %.4f after 6 steps\n", l0, el);
       H5Fclose(f);
       free(tg);
       printf("gradient statistics: %llu rows, per-tensor norms consistent with the global norm\n",
              (unsigned long long)rows);
+    }
+    /* non-finite steps in the statistics: a NaN weight, 2 steps, both
+     * recorded as skipped with every rank's gradient non-finite */
+    {
+      float *wn = malloc(n * sizeof(float));
+      memcpy(wn, w0, n * sizeof(float));
+      wn[m.params[m.final_norm_w].offset] = NAN;
+      vl_config c3 = cfg;
+      snprintf(c3.run.out_dir, sizeof c3.run.out_dir, "%s/nan", dir);
+      c3.train.steps = 2;
+      c3.train.stats_every = 1;
+      c3.train.eval_samples = 0;
+      c3.run.checkpoint_every = 0;
+      c3.run.save_final = 0;
+      int pre = 0;
+      CHECK(vl_train_run(&c3, &m, &cw, o, wn, &pre) == VL_OK, "NaN run: %s", vl_err_last());
+      if (rank == 0) {
+        char path[VL_PATH_MAX + 32];
+        snprintf(path, sizeof path, "%s/gradstats.h5", c3.run.out_dir);
+        hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+        double sk[2] = {0, 0}, nf[2] = {0, 0}, ls[2] = {0, 0};
+        const char *names[3] = {"skipped", "nonfinite_ranks", "loss"};
+        double *dst[3] = {sk, nf, ls};
+        for (int k = 0; k < 3 && f >= 0; k++) {
+          hid_t d = H5Dopen2(f, names[k], H5P_DEFAULT);
+          CHECK(d >= 0 && H5Dread(d, H5T_NATIVE_DOUBLE, H5S_ALL, H5S_ALL, H5P_DEFAULT, dst[k]) >= 0, "%s", names[k]);
+          if (d >= 0) H5Dclose(d);
+        }
+        if (f >= 0) H5Fclose(f);
+        CHECK(f >= 0 && sk[0] == 1 && sk[1] == 1 && nf[0] == W && nf[1] == W && isnan(ls[0]) && isnan(ls[1]),
+              "NaN steps recorded as skipped %g %g, non-finite ranks %g %g, loss %g %g", sk[0], sk[1], nf[0], nf[1],
+              ls[0], ls[1]);
+        printf("non-finite steps recorded: skipped, %d of %d ranks non-finite\n", (int)nf[0], W);
+      }
+      free(wn);
     }
   }
 

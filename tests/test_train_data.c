@@ -72,7 +72,7 @@ static int gen_prompt(gen_sample *s) {
   const int gh = 4 + 2 * (int)(rnd() % 3), gw = 4 + 2 * (int)(rnd() % 3);
   const int h = gh * 2, w = gw * 2;
   for (int q = 0; q < h * w * 3; q++) s->rgb[q] = (uint8_t)rnd();
-  s->im = (vl_dataset_image){h, w, s->rgb, {1, gh, gw}};
+  s->im = (vl_dataset_image){h, w, s->rgb, {1, gh, gw}, NULL, 0};
   s->ni = 1;
   int t = 0;
   s->ids[t++] = 90;

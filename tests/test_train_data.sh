@@ -5,7 +5,8 @@
 #  2. vltrain end to end: `mpirun -np 2` with accumulation 1 and `-np 1`
 #     with accumulation 2 from the same dataset print the same loss at steps
 #     1..3 (a relative run.data resolves against the YAML's folder; the runs
-#     start elsewhere), and the validation line has the accuracy.
+#     start elsewhere), and the validation line has the accuracy; the dry
+#     run opens and checks the dataset.
 [ -n "${MPIRUN:-}" ] && command -v "$MPIRUN" >/dev/null 2>&1 || { echo "no mpirun"; exit 77; }
 if [ "$(id -u)" = 0 ]; then export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1; fi
 export OMPI_MCA_rmaps_base_oversubscribe=1 OMP_NUM_THREADS=1
@@ -25,6 +26,9 @@ run: {data: data.h5, out_dir: $dir/out$a}
 EOY
 done
 cd / || exit 1
+"$VL_BUILDDIR/src/vltrain" --dry-run "$dir/exp/run1.yaml" > "$dir/dry" 2>&1 || { echo "FAIL: dry run"; cat "$dir/dry"; exit 1; }
+grep "^data:" "$dir/dry"
+grep -q "^data: $dir/exp/data.h5: train split 13 samples" "$dir/dry" || { echo "FAIL: dry run data line"; exit 1; }
 "$MPIRUN" --oversubscribe -np 2 "$VL_BUILDDIR/src/vltrain" "$dir/exp/run1.yaml" > "$dir/log2" 2>&1 \
   || { echo "FAIL: 2-rank run"; cat "$dir/log2"; exit 1; }
 "$MPIRUN" --oversubscribe -np 1 "$VL_BUILDDIR/src/vltrain" "$dir/exp/run2.yaml" > "$dir/log1" 2>&1 \

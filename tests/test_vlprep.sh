@@ -72,16 +72,44 @@ ntr=$(data "$d/out.h5" /train/sample_offsets | wc -w); nva=$(data "$d/out.h5" /v
 # < 1, so h = ceil(97/b/32)*32 = 192, w = ceil(203/b/32)*32 = 384 -> grid 12x24
 grids="$(data "$d/out.h5" /train/image_grid_thw) $(data "$d/out.h5" /val/image_grid_thw)"
 echo "$grids" | grep -q "1 16 16" && echo "$grids" | grep -q "1 12 24" && ok "grids" || bad "grids: $grids"
-# pixels = sum of h*w*3
-hw=$(data "$d/out.h5" /train/image_hw); po=$(data "$d/out.h5" /train/pixel_offsets)
+# pixels (default --pixels encoded): the image files' bytes, both splits together
+[ "$(attr "$d/out.h5" pixel_storage)" = encoded ] && ok "pixel_storage encoded" || bad "pixel_storage $(attr "$d/out.h5" pixel_storage)"
+po=$(data "$d/out.h5" /train/pixel_offsets); pv=$(data "$d/out.h5" /val/pixel_offsets)
+files=$(cat "$d"/rgb8.png "$d"/wide.png "$d"/tall.jpg "$d"/sub/small.jpg "$d"/large.jpg | wc -c)
+[ $(( ${po##* } + ${pv##* } )) = "$files" ] && ok "encoded pixels = the files' bytes" \
+  || bad "encoded pixel bytes $(( ${po##* } + ${pv##* } )) vs files $files"
+# --pixels rgb: sum of h*w*3 of the resized images
+"$bin" --model "$d/m.yaml" --input "$d/in.jsonl" --output "$d/rgb.h5" --val-count 1 --pixels rgb --quiet >/dev/null 2>&1 \
+  || bad "--pixels rgb run"
+[ "$(attr "$d/rgb.h5" pixel_storage)" = rgb ] || bad "pixel_storage of --pixels rgb"
+hw=$(data "$d/rgb.h5" /train/image_hw); po=$(data "$d/rgb.h5" /train/pixel_offsets)
 sum=$(echo "$hw" | awk '{s=0; for (i=1;i<=NF;i+=2) s+=$i*$(i+1)*3; print s}')
-[ "${po##* }" = "$sum" ] && ok "pixel offsets" || bad "pixel offsets ${po##* } vs $sum"
+[ "${po##* }" = "$sum" ] && ok "rgb pixel offsets" || bad "rgb pixel offsets ${po##* } vs $sum"
+[ "$(data "$d/rgb.h5" /train/image_hw)" = "$(data "$d/out.h5" /train/image_hw)" ] || bad "image_hw differs between storages"
+"$bin" --model "$d/m.yaml" --input "$d/in.jsonl" --output "$d/x.h5" --pixels png --quiet >/dev/null 2>&1 \
+  && bad "--pixels png accepted" || ok "--pixels png refused"
 # the same output with one thread (in-order writing)
 "$bin" --model "$d/m.yaml" --input "$d/in.jsonl" --output "$d/one.h5" --threads 1 --val-count 1 --quiet >/dev/null 2>&1
 for ds in /train/tokens /train/loss_mask /train/pixels /val/tokens /train/image_grid_thw; do
   [ "$(data "$d/out.h5" $ds | md5sum)" = "$(data "$d/one.h5" $ds | md5sum)" ] || bad "$ds differs between 1 and 2 threads"
 done
 ok "1 and 2 threads agree"
+
+# the split: --val-fraction by a seeded hash of the line number, repeatable
+for seed in 1 1 2; do
+  "$bin" --model "$d/m.yaml" --input "$d/in.jsonl" --output "$d/vf$seed.h5" --val-fraction 0.5 --seed $seed --quiet >/dev/null 2>&1
+  data "$d/vf$seed.h5" /train/tokens | md5sum >> "$d/vf.sums"
+done
+[ "$(sort -u "$d/vf.sums" | wc -l)" = 2 ] && [ "$(head -1 "$d/vf.sums")" = "$(sed -n 2p "$d/vf.sums")" ] \
+  && ok "--val-fraction repeatable, seeded" || bad "--val-fraction: $(cat "$d/vf.sums")"
+# interrupted: no output, no temporary file
+for i in 1 2 3 4 5 6 7 8; do cat "$d/in.jsonl"; done > "$d/big.jsonl"
+"$bin" --model "$d/m.yaml" --input "$d/big.jsonl" --output "$d/int.h5" --threads 1 --quiet >/dev/null 2>&1 &
+pid=$!
+for i in $(seq 100); do ls "$d" | grep -q "int.h5.tmp" && break; sleep 0.05; done
+ls "$d" | grep -q "int.h5.tmp" || bad "interrupted: no temporary file seen while running"
+kill -TERM $pid 2>/dev/null; wait $pid 2>/dev/null
+[ ! -e "$d/int.h5" ] && ! ls "$d" | grep -q "int.h5.tmp" && ok "interrupted: nothing left" || bad "interrupted: files left: $(ls "$d" | grep int.h5)"
 
 # ---- token ids against transformers, both families, Hugging Face folders --------
 for fam in qwen3-vl qwen2-vl; do
@@ -95,6 +123,13 @@ for fam in qwen3-vl qwen2-vl; do
   [ "$(attr "$d/ref-$fam.h5" family)" = "$fam" ] || bad "$fam family attribute"
 done
 [ "$(attr "$d/ref-qwen2-vl.h5" patch_size)" = 14 ] || bad "qwen2-vl default patch size"
+
+# a tokenizer that is not the model's
+mkdir -p "$d/wrong" && ln -sf "$tokjson" "$d/wrong/tokenizer.json"
+echo '{"model_type": "qwen3_vl", "vocab_size": 151936, "image_token_id": 5, "vision_config": {"patch_size": 16, "spatial_merge_size": 2}}' > "$d/wrong/config.json"
+out=$("$bin" --model "$d/wrong" --input "$d/ref.jsonl" --output "$d/wrong.h5" --quiet 2>&1); rc=$?
+[ $rc -ne 0 ] && echo "$out" | grep -q "does not fit the model" && [ ! -e "$d/wrong.h5" ] && ok "wrong tokenizer refused" \
+  || bad "wrong tokenizer: $rc $out"
 
 # ---- over-long samples: 40 tokens at most ------------------------------------------
 long=$(printf 'word %.0s' $(seq 100))

@@ -8,6 +8,9 @@
 # script) in the same call.  Prints seconds per micro-batch, optimizer
 # seconds, tokens/s per GPU, MFU (1.936e14 FLOPs per micro-batch, 989 TFLOP/s)
 # and peak memory for both, and their ratio.
+# Environment: VL_BENCH_OPTIMIZER (zero1 | lean, default zero1),
+# VL_BENCH_RECOMPUTE (true | false), PEER_ARGS (extra arguments of the peer,
+# e.g. "--ckpt 0" for its run without activation recomputation), VL_PROFILE.
 set -uo pipefail
 n=${1:-2} accum=${2:-2} steps=${3:-2} out=${4:-bench-out} peer=${5:-}
 top=$(cd "$(dirname "$0")/../.." && pwd)
@@ -17,8 +20,9 @@ cat > "$out/bench.yaml" <<EOY
 include: $top/inputs/qwen3-vl-8b.yaml
 train: {micro_batch: 1, grad_accum: $accum, steps: $steps, warmup_steps: 0, lr: 1.0e-5,
         max_seq_len: 2902, max_vision_patches: 8960, synth_grid: [112, 80], synth_text: 662,
-        synth_answer: 400, stats_every: 0, eval_samples: 0}
-run: {backend: cuda, out_dir: $out/run, resume: false, save_final: false, checkpoint_every: 0}
+        synth_answer: 400, stats_every: 0, eval_samples: 0,
+        optimizer: ${VL_BENCH_OPTIMIZER:-zero1}, recompute: ${VL_BENCH_RECOMPUTE:-false}}
+run: {backend: cuda, data: "", out_dir: $out/run, resume: false, save_final: false, checkpoint_every: 0}
 EOY
 export VL_PROFILE=${VL_PROFILE:-0}
 echo "== vltrain: $n GPU(s), accumulation $accum, $steps steps"
@@ -36,9 +40,13 @@ awk -v mb="$mb" -v o="$optsec" -v p="$peak" 'BEGIN {
 if [ -n "$peer" ] && [ -f "$peer" ]; then
   echo "== peer: HF transformers + PyTorch DDP, $n GPU(s)"
   if [ "$n" -gt 1 ]; then
-    torchrun --nproc_per_node "$n" "$peer" --mode full --accum "$accum" --steps "$steps" > "$out/peer.log" 2>&1
+    torchrun --nproc_per_node "$n" "$peer" --mode full --accum "$accum" --steps "$steps" ${PEER_ARGS:-} > "$out/peer.log" 2>&1
   else
-    python3 "$peer" --mode full --accum "$accum" --steps "$steps" > "$out/peer.log" 2>&1
+    python3 "$peer" --mode full --accum "$accum" --steps "$steps" ${PEER_ARGS:-} > "$out/peer.log" 2>&1
   fi
   tail -n 3 "$out/peer.log" | tee -a "$out/summary.txt"
+  pm=$(grep -o '"per_micro_s": [0-9.]*' "$out/peer.log" | tail -n 1 | awk '{print $2}')
+  awk -v mb="$mb" -v pm="$pm" 'BEGIN { if (mb + 0 > 0 && pm + 0 > 0)
+    printf "ratio: peer %.3f s / vltrain %.3f s per micro-batch = %.2fx (%s)\n", pm, mb, pm / mb,
+           (pm >= mb) ? "vltrain faster" : "vltrain slower" }' | tee -a "$out/summary.txt"
 fi

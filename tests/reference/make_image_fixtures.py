@@ -11,6 +11,13 @@ tests/data/images/reference.safetensors:
   NAME.pixel_values (F16)  NAME.grid (I64)  NAME.resized (U8, h x w x 3:
   Pillow's BICUBIC resize of the RGB image, the step before rescaling)
   python3 tests/reference/make_image_fixtures.py --out tests/data/images
+
+With --qwen2vl it draws nothing: it reads QWEN2_NAMES from the folder (the
+images written before) and runs the processor with Qwen2-VL's published
+settings (patch 14, merge 2, factor 28, OpenAI CLIP mean and std, min_pixels
+3136, max_pixels 12845056 as in Qwen2-VL-7B-Instruct's
+preprocessor_config.json), writing reference-qwen2vl.safetensors (same keys):
+  python3 tests/reference/make_image_fixtures.py --qwen2vl --out tests/data/images
 """
 import argparse
 import os
@@ -22,6 +29,13 @@ from PIL import Image, ImageDraw, ImageOps
 from safetensors.numpy import save_file
 
 MIN_PIXELS, MAX_PIXELS = 4096, 16384
+QWEN3 = dict(patch_size=16, temporal_patch_size=2, merge_size=2, image_mean=[0.5] * 3,
+             image_std=[0.5] * 3, min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS)
+CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+QWEN2 = dict(patch_size=14, temporal_patch_size=2, merge_size=2, image_mean=CLIP_MEAN,
+             image_std=CLIP_STD, min_pixels=3136, max_pixels=12845056)
+QWEN2_NAMES = ["rgb8.png", "wide.png", "tall.jpg", "small.jpg", "exif6.jpg", "alpha.png"]
 
 
 def draw(w, h, seed):
@@ -51,19 +65,43 @@ def png16(path, arr16):
                 + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b""))
 
 
-def processor():
+def processor(settings=QWEN3):
     import transformers
     cls = getattr(transformers, "Qwen2VLImageProcessorPil", None)
     if cls is None:
         from transformers.models.qwen2_vl import image_processing_qwen2_vl as m
         cls = m.Qwen2VLImageProcessor
-    kw = dict(patch_size=16, temporal_patch_size=2, merge_size=2, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    kw = {k: v for k, v in settings.items() if k not in ("min_pixels", "max_pixels")}
+    lo, hi = settings["min_pixels"], settings["max_pixels"]
     try:
-        p = cls(size={"shortest_edge": MIN_PIXELS, "longest_edge": MAX_PIXELS}, **kw)
+        p = cls(size={"shortest_edge": lo, "longest_edge": hi}, **kw)
     except Exception:
-        p = cls(min_pixels=MIN_PIXELS, max_pixels=MAX_PIXELS, **kw)
-    print("processor:", cls.__name__, transformers.__version__)
+        p = cls(min_pixels=lo, max_pixels=hi, **kw)
+    print("processor:", cls.__name__, transformers.__version__, settings)
     return p
+
+
+def reference(proc, path, patch):
+    """The processor's output for one image file, and Pillow's resize."""
+    src = ImageOps.exif_transpose(Image.open(path))
+    rgb = to_rgb(src)
+    res = proc(images=[rgb], return_tensors="np")
+    pv, grid = res["pixel_values"], res["image_grid_thw"]
+    gh, gw = int(grid[0][1]), int(grid[0][2])
+    resized = np.asarray(rgb.resize((gw * patch, gh * patch), Image.BICUBIC))
+    key = os.path.basename(path).replace(".", "_")
+    print(f"{os.path.basename(path):12s} {src.mode:5s} -> {rgb.size} grid {grid.tolist()} pixel_values {pv.shape}")
+    return {key + ".pixel_values": pv.astype(np.float16),
+            key + ".grid": np.asarray(grid, dtype=np.int64).reshape(3),
+            key + ".resized": resized.astype(np.uint8)}
+
+
+def qwen2vl(out):
+    proc = processor(QWEN2)
+    tensors = {}
+    for name in QWEN2_NAMES:
+        tensors.update(reference(proc, os.path.join(out, name), QWEN2["patch_size"]))
+    save_file(tensors, os.path.join(out, "reference-qwen2vl.safetensors"))
 
 
 def to_rgb(img):
@@ -78,7 +116,11 @@ def to_rgb(img):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="tests/data/images")
-    out = ap.parse_args().out
+    ap.add_argument("--qwen2vl", action="store_true", help="Qwen2-VL settings on the existing images")
+    args = ap.parse_args()
+    out = args.out
+    if args.qwen2vl:
+        return qwen2vl(out)
     os.makedirs(out, exist_ok=True)
     specs = [("rgb8.png", 64, 64), ("wide.png", 203, 97), ("tall.jpg", 40, 150), ("grey.png", 120, 90),
              ("palette.png", 90, 121), ("alpha.png", 77, 133), ("rgb16.png", 100, 61), ("small.jpg", 33, 33),
