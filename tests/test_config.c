@@ -111,11 +111,11 @@ static void test_presets(void) {
   vl_config_free(&c);
   /* the embedded default */
   CHECK(vl_config_load(&c, test_path(p, sizeof p, "inputs/tiny.yaml")) == VL_OK, "tiny: %s", vl_err_last());
-  CHECK(t->vocab_size == 151936 && t->hidden_size == 32 && t->num_hidden_layers == 3 &&
+  CHECK(t->vocab_size == 401 && t->hidden_size == 32 && t->num_hidden_layers == 3 &&
         t->num_attention_heads == 4 && t->num_key_value_heads == 2 && t->head_dim == 16 &&
         t->mrope_section[0] == 3 && t->mrope_section[1] == 3 && t->mrope_section[2] == 2 &&
         t->tie_word_embeddings == 1 && v->depth == 3 && v->num_position_embeddings == 64 &&
-        v->n_deepstack == 2 && c.model.tokens.image_token_id == 151655 && c.train.grad_accum == 2 &&
+        v->n_deepstack == 2 && c.model.tokens.image_token_id == 387 && c.train.grad_accum == 1 &&
         c.train.max_seq_len == 512 && !strcmp(c.run.data, "tiny-data.h5"), "tiny values");
   vl_config_free(&c);
   CHECK(vl_config_load(&c, test_path(p, sizeof p, "inputs/example-finetune.yaml")) == VL_OK, "example: %s",

@@ -21,7 +21,9 @@ ok() { echo "ok: $*"; }
 bad() { echo "FAIL: $*"; fail=1; }
 cp "$VL_SRCDIR"/tests/data/images/{rgb8.png,wide.png,tall.jpg,large.jpg} "$d"/
 mkdir -p "$d/sub" && cp "$VL_SRCDIR/tests/data/images/small.jpg" "$d/sub/"
-printf 'include: tiny.yaml\nmodel:\n  tokenizer: tok/tokenizer.json\n' > "$d/m.yaml"
+# tiny.yaml with the real Qwen tokenizer: its vocabulary, special ids and the
+# family's default preprocessing instead of inputs/tiny/'s
+printf 'include: tiny.yaml\nmodel:\n  tokenizer: tok/tokenizer.json\n  preprocessor: ""\n  text: {vocab_size: 151936}\n  tokens: {image_token_id: 151655, video_token_id: 151656, vision_start_token_id: 151652, vision_end_token_id: 151653}\n' > "$d/m.yaml"
 mkdir -p "$d/tok" && ln -s "$tokjson" "$d/tok/tokenizer.json"
 attr() { h5dump -a "/$2" "$1" | sed -n 's/^ *(0): *//p' | tr -d '"'; }
 data() { h5dump -d "$2" -y -w 0 "$1" | sed -n '/DATA {/,/}/p' | grep -v '[{}]' | tr -d ' \n' | tr ',' ' '; }
