@@ -94,6 +94,15 @@ __device__ __forceinline__ float vl_block_reduce(float v) {
 
 /* fp32 column sums of an fp32 scratch added into a bf16 gradient: g += s */
 int vl_cuda_add_f32_to_bf16(vl_ops *o, bf16 *g, const float *s, size_t n);
+/* Deterministic second stage of a column reduction (kernels/norm.cu): for
+ * the fp32 partials part (nb, ncols), g0[c] += sum_b part[b][c] for c < split
+ * and g1[c - split] += ... for the other columns; a NULL g skips its columns. */
+int vl_cuda_colsum_add(vl_ops *o, const float *part, int nb, int ncols, bf16 *g0, bf16 *g1,
+                       int split);
+/* The device's multiprocessor count (cached). */
+int vl_cuda_sm_count(vl_ops *o, int *n);
+/* VL_NORM_LEGACY=1 selects the older norm and rope kernels (timings). */
+int vl_cuda_norm_legacy(void);
 
 void vl_cuda_register_linear(vl_ops *o);
 void vl_cuda_register_pointwise(vl_ops *o);

@@ -170,6 +170,12 @@ static void test_norms(int M, int C) {
   BOTH(cpu->layernorm_backward(cpu, dx.c, dw.c, db.c, dy.c, x.c, w.c, mean.c, rstd.c, M, C), gpu->layernorm_backward(gpu, dx.g, dw.g, db.g, dy.g, x.g, w.g, mean.g, rstd.g, M, C));
   e = mx(cmp("layernorm_backward", "dinp", &dx, 1e-2), mx(cmp("layernorm_backward", "dw", &dw, 1e-2), cmp("layernorm_backward", "db", &db, 1e-2)));
   report("layernorm_backward", shape, e, last_ms);
+  /* NULL gradients are skipped: dw alone, then dinp and db */
+  BOTH(cpu->layernorm_backward(cpu, NULL, dw.c, NULL, dy.c, x.c, w.c, mean.c, rstd.c, M, C), gpu->layernorm_backward(gpu, NULL, dw.g, NULL, dy.g, x.g, w.g, mean.g, rstd.g, M, C));
+  e = cmp("layernorm_backward", "dw (dinp, db NULL)", &dw, 1e-2);
+  BOTH(cpu->layernorm_backward(cpu, dx.c, NULL, db.c, dy.c, x.c, w.c, mean.c, rstd.c, M, C), gpu->layernorm_backward(gpu, dx.g, NULL, db.g, dy.g, x.g, w.g, mean.g, rstd.g, M, C));
+  e = mx(e, mx(cmp("layernorm_backward", "dinp (dw NULL)", &dx, 1e-2), cmp("layernorm_backward", "db (dw NULL)", &db, 1e-2)));
+  report("layernorm_backward", "(NULL grads)", e, last_ms);
   poison(&y); poison(&rstd);
   BOTH(cpu->rmsnorm_forward(cpu, y.c, rstd.c, x.c, w.c, M, C, 1e-6f), gpu->rmsnorm_forward(gpu, y.g, rstd.g, x.g, w.g, M, C, 1e-6f));
   e = mx(cmp("rmsnorm_forward", "out", &y, 1e-2), cmp("rmsnorm_forward", "rstd", &rstd, 2e-3));
@@ -177,6 +183,13 @@ static void test_norms(int M, int C) {
   BOTH(cpu->rmsnorm_backward(cpu, dx.c, dw.c, dy.c, x.c, w.c, rstd.c, M, C), gpu->rmsnorm_backward(gpu, dx.g, dw.g, dy.g, x.g, w.g, rstd.g, M, C));
   e = mx(cmp("rmsnorm_backward", "dinp", &dx, 1e-2), cmp("rmsnorm_backward", "dw", &dw, 1e-2));
   report("rmsnorm_backward", shape, e, last_ms);
+  BOTH(cpu->rmsnorm_backward(cpu, NULL, dw.c, dy.c, x.c, w.c, rstd.c, M, C), gpu->rmsnorm_backward(gpu, NULL, dw.g, dy.g, x.g, w.g, rstd.g, M, C));
+  e = cmp("rmsnorm_backward", "dw (dinp NULL)", &dw, 1e-2);
+  BOTH(cpu->rmsnorm_backward(cpu, dx.c, NULL, dy.c, x.c, w.c, rstd.c, M, C), gpu->rmsnorm_backward(gpu, dx.g, NULL, dy.g, x.g, w.g, rstd.g, M, C));
+  e = mx(e, cmp("rmsnorm_backward", "dinp (dw NULL)", &dx, 1e-2));
+  report("rmsnorm_backward", "(NULL grads)", e, last_ms);
+  drop(&x); drop(&w); drop(&b); drop(&y); drop(&mean); drop(&rstd);
+  drop(&dy); drop(&dx); drop(&dw); drop(&db);
 }
 
 static void test_rope(int T, int nh, int nkv, int hd, int norms) {
@@ -584,6 +597,141 @@ static void bench_attention(void) {
   bench_attention_shape("text", 2902, 32, 8, 128, 1);
 }
 
+/* VL_NORM_BENCH=1: the norm and rope ops at the 8B workload's shapes, the
+ * fast kernels and the older ones (VL_NORM_LEGACY=1) in the same process:
+ * median over 7 timings of 20 back-to-back calls (device timers), with the
+ * GB/s of the fewest bytes each op must move (inputs read once, outputs
+ * written once, a += gradient read and written), and the two versions'
+ * outputs compared (relative difference, < 1e-2). */
+typedef struct { const char *name; double bytes; } nb_op;
+static double nb_time(int (*call)(void *), void *arg) {
+  double t[7];
+  for (int i = 0; i < 3; i++) CHECK(call(arg) == VL_OK, "bench: %s", vl_err_last());
+  for (int r = 0; r < 7; r++) {
+    gpu->timer_record(gpu, 0);
+    for (int i = 0; i < 20; i++) CHECK(call(arg) == VL_OK, "bench: %s", vl_err_last());
+    gpu->timer_record(gpu, 1);
+    gpu->sync(gpu);
+    float ms = 0;
+    CHECK(gpu->timer_ms(gpu, 0, 1, &ms) == VL_OK, "bench timer: %s", vl_err_last());
+    t[r] = ms / 20;
+  }
+  qsort(t, 7, sizeof(double), cmp_double);
+  return t[3];
+}
+typedef struct {
+  int op, M, C, T, nh, nkv, hd, norms;
+  void *x, *y, *dy, *dx, *w, *b, *dw, *db, *w2, *dw2;
+  float *mean, *rstd, *cs, *sn;
+} nb_args;
+static int nb_call(void *p) {
+  nb_args *a = p;
+  switch (a->op) {
+    case 0: return gpu->rmsnorm_forward(gpu, a->y, a->rstd, a->x, a->w, a->M, a->C, 1e-6f);
+    case 1: return gpu->rmsnorm_backward(gpu, a->dx, a->dw, a->dy, a->x, a->w, a->rstd, a->M, a->C);
+    case 2: return gpu->layernorm_forward(gpu, a->y, a->mean, a->rstd, a->x, a->w, a->b, a->M, a->C, 1e-6f);
+    case 3: return gpu->layernorm_backward(gpu, a->dx, a->dw, a->db, a->dy, a->x, a->w, a->mean, a->rstd, a->M, a->C);
+    case 4: return gpu->qk_norm_rope_forward(gpu, a->y, a->rstd, a->x, a->norms ? a->w : NULL, a->norms ? a->w2 : NULL, a->cs, a->sn, a->T, a->nh, a->nkv, a->hd, 1e-6f);
+    default: return gpu->qk_norm_rope_backward(gpu, a->dx, a->norms ? a->dw : NULL, a->norms ? a->dw2 : NULL, a->dy, a->x, a->norms ? a->w : NULL, a->norms ? a->w2 : NULL, a->rstd, a->cs, a->sn, a->T, a->nh, a->nkv, a->hd);
+  }
+}
+static void *nb_rand(size_t n, float scale) {
+  void *p;
+  float *h = malloc(n * 4);
+  for (size_t i = 0; i < n; i++) h[i] = scale * vl_rng_normal(&rng);
+  gpu->alloc(gpu, &p, n * 4, "bench");
+  gpu->put(gpu, p, h, n);
+  free(h);
+  return p;
+}
+static void bench_norm_op(const char *label, nb_args *a, double bytes) {
+  static const char *names[] = {"rmsnorm_forward", "rmsnorm_backward", "layernorm_forward",
+                                "layernorm_backward", "qk_norm_rope_forward", "qk_norm_rope_backward"};
+  size_t n = a->op < 4 ? (size_t)a->M * a->C : (size_t)a->T * (a->nh + 2 * a->nkv) * a->hd;
+  void *outp = a->op % 2 == 0 ? a->y : a->dx;
+  if (!outp) { /* backward for the weight gradient alone: compare that */
+    outp = a->dw;
+    n = a->op < 4 ? (size_t)a->C : (size_t)a->hd;
+  }
+  float *o[2];
+  double ms[2];
+  for (int v = 0; v < 2; v++) { /* 0 fast, 1 legacy */
+    if (v) setenv("VL_NORM_LEGACY", "1", 1);
+    ms[v] = nb_time(nb_call, a);
+    /* the output of one call from a fixed state, for the cross-check */
+    gpu->zero(gpu, outp, n * 2);
+    if (a->dw && a->op % 2) gpu->zero(gpu, a->dw, (size_t)(a->op < 4 ? a->C : a->hd) * 2);
+    CHECK(nb_call(a) == VL_OK, "bench: %s", vl_err_last());
+    o[v] = malloc(n * 4);
+    gpu->get(gpu, o[v], outp, n);
+    unsetenv("VL_NORM_LEGACY");
+  }
+  double e = rel_err_f32(o[0], o[1], n);
+  printf("normbench %-22s %-26s old %8.1f us %6.0f GB/s   new %8.1f us %6.0f GB/s   x%5.2f  diff %.1e\n",
+         names[a->op], label, ms[1] * 1e3, bytes / ms[1] * 1e-6, ms[0] * 1e3, bytes / ms[0] * 1e-6,
+         ms[1] / ms[0], e);
+  CHECK(e < 1e-2, "bench %s %s: fast and older kernels differ by %.2e", names[a->op], label, e);
+  free(o[0]); free(o[1]);
+}
+static void bench_norms_shape(int M, int C) {
+  char label[64]; snprintf(label, sizeof label, "%dx%d", M, C);
+  size_t n = (size_t)M * C;
+  nb_args a = {0};
+  a.M = M; a.C = C;
+  a.x = nb_rand(n, 2); a.y = nb_rand(n, 1); a.dy = nb_rand(n, 1); a.dx = nb_rand(n, 1);
+  a.w = nb_rand(C, 1); a.b = nb_rand(C, 1); a.dw = nb_rand(C, 1); a.db = nb_rand(C, 1);
+  gpu->alloc(gpu, (void **)&a.mean, (size_t)M * 4, "bench");
+  gpu->alloc(gpu, (void **)&a.rstd, (size_t)M * 4, "bench");
+  const double t = 2.0 * n; /* bytes of one bf16 tensor */
+  a.op = 0; bench_norm_op(label, &a, 2 * t);
+  a.op = 1; bench_norm_op(label, &a, 4 * t);
+  a.op = 2; bench_norm_op(label, &a, 2 * t);
+  a.op = 3; bench_norm_op(label, &a, 4 * t);
+  /* the weight-gradient share: backward without dinp */
+  void *dx = a.dx; a.dx = NULL;
+  char l2[80]; snprintf(l2, sizeof l2, "%s dw only", label);
+  a.op = 1; bench_norm_op(l2, &a, 2 * t);
+  a.op = 3; bench_norm_op(l2, &a, 2 * t);
+  a.dx = dx;
+  /* grids aimed at other residencies (VL_NORM_TPS threads per SM) */
+  const char *tps[] = {"512", "2048"};
+  for (int i = 0; i < 2; i++) {
+    setenv("VL_NORM_TPS", tps[i], 1);
+    snprintf(l2, sizeof l2, "%s tps %s", label, tps[i]);
+    a.op = 1; bench_norm_op(l2, &a, 4 * t);
+    a.op = 3; bench_norm_op(l2, &a, 4 * t);
+    unsetenv("VL_NORM_TPS");
+  }
+  void *all[] = {a.x, a.y, a.dy, a.dx, a.w, a.b, a.dw, a.db, a.mean, a.rstd};
+  for (int i = 0; i < 10; i++) gpu->free(gpu, all[i]);
+}
+static void bench_rope_shape(int T, int nh, int nkv, int hd, int norms) {
+  char label[64]; snprintf(label, sizeof label, "T%d h%d/%d d%d%s", T, nh, nkv, hd, norms ? " norms" : "");
+  const size_t W = (size_t)(nh + 2 * nkv) * hd, n = (size_t)T * W;
+  nb_args a = {0};
+  a.T = T; a.nh = nh; a.nkv = nkv; a.hd = hd; a.norms = norms;
+  a.x = nb_rand(n, 1.5f); a.y = nb_rand(n, 1); a.dy = nb_rand(n, 1); a.dx = nb_rand(n, 1);
+  a.w = nb_rand(hd, 1); a.w2 = nb_rand(hd, 1); a.dw = nb_rand(hd, 1); a.dw2 = nb_rand(hd, 1);
+  gpu->alloc(gpu, (void **)&a.rstd, (size_t)T * (nh + nkv) * 4, "bench");
+  float *c = malloc((size_t)T * hd * 4), *s = malloc((size_t)T * hd * 4);
+  for (int t = 0; t < T; t++) for (int j = 0; j < hd; j++) { float ang = t * powf(1000.f, -(float)(j % (hd / 2)) / (hd / 2)); c[t * hd + j] = cosf(ang); s[t * hd + j] = sinf(ang); }
+  gpu->alloc(gpu, (void **)&a.cs, (size_t)T * hd * 4, "bench");
+  gpu->alloc(gpu, (void **)&a.sn, (size_t)T * hd * 4, "bench");
+  gpu->put_raw(gpu, a.cs, c, (size_t)T * hd * 4); gpu->put_raw(gpu, a.sn, s, (size_t)T * hd * 4);
+  const double t = 2.0 * n, tab = 8.0 * T * hd, qk = 2.0 * T * (nh + nkv) * hd;
+  a.op = 4; bench_norm_op(label, &a, 2 * t + tab);
+  a.op = 5; bench_norm_op(label, &a, 3 * t + (norms ? qk : 0) + tab);
+  void *all[] = {a.x, a.y, a.dy, a.dx, a.w, a.w2, a.dw, a.dw2, a.rstd, a.cs, a.sn};
+  for (int i = 0; i < 11; i++) gpu->free(gpu, all[i]);
+  free(c); free(s);
+}
+static void bench_norms(void) {
+  bench_norms_shape(2902, 4096);
+  bench_norms_shape(8960, 1152);
+  bench_rope_shape(2902, 32, 8, 128, 1);
+  bench_rope_shape(8960, 16, 16, 72, 0);
+}
+
 int main(void) {
   vl_err_set_quiet(1);
   int rc = vl_ops_cuda_create(&gpu, 0);
@@ -601,6 +749,12 @@ int main(void) {
     vl_ops_destroy(cpu);
     TEST_END();
   }
+  if (getenv("VL_NORM_BENCH")) {
+    bench_norms();
+    vl_ops_destroy(gpu);
+    vl_ops_destroy(cpu);
+    TEST_END();
+  }
   test_memory();
   test_zero_sizes();
   test_bad_args();
@@ -611,9 +765,30 @@ int main(void) {
   test_pointwise();
   test_norms(37, 64);
   test_norms(2048, 1152);
+  /* the 8B shapes; odd sizes: one row, C % 8 != 0 and C > 8192 (the older
+   * kernels), 125 and 1,024 vectors a row (two a thread) */
+  test_norms(2902, 4096);
+  test_norms(8960, 1152);
+  test_norms(1, 8);
+  test_norms(3, 4100);
+  test_norms(5, 1000);
+  test_norms(300, 8192);
+  test_norms(17, 8200);
   test_rope(37, 4, 2, 128, 1);
   test_rope(37, 4, 4, 72, 0);
   test_rope(37, 2, 1, 16, 1);
+  /* the 8B shapes (vision with norms too: 9 threads a head, the older
+   * kernels); odd ones: V = 2, G = 3 and V = 4, G = 5 with norms (older
+   * kernels), V = 4, G = 1 without (V elements a thread, G threads a head) */
+  test_rope(2902, 32, 8, 128, 1);
+  test_rope(8960, 16, 16, 72, 0);
+  test_rope(301, 16, 16, 72, 1);
+  test_rope(37, 3, 1, 12, 1);
+  test_rope(37, 5, 1, 40, 1);
+  test_rope(5, 3, 3, 8, 0);
+  test_rope(37, 4, 2, 32, 1); /* fast path with norms: V = 8, G = 2 */
+  test_rope(37, 2, 1, 8, 1);  /* V = 4, G = 1 */
+  test_rope(37, 2, 2, 4, 1);  /* V = 2, G = 1 */
   test_attention(37, 3, 4, 2, 16, 1);
   test_attention(300, 3, 4, 2, 128, 1);
   test_attention(300, 2, 4, 4, 72, 0);
