@@ -47,12 +47,7 @@ EOY
   [ $rc -eq 0 ] && echo "memcheck ($mode): PASS" || { echo "memcheck ($mode): FAIL (exit $rc)"; grep -m 20 -E "=========" "$out/sanitizer-$i.log"; }
   rm -rf "$out/tiny-san"
 done
-cat > "$out/tiny-gpu.yaml" <<EOY
-include: $top/inputs/tiny.yaml
-run:
-  backend: cuda
-  allow_shared_gpu: true
-  out_dir: $out/tiny-run
-EOY
-mpirun -np 2 src/vltrain "$out/tiny-gpu.yaml" 2>&1 | tr '\r' '\n' | tee "$out/tiny-gpu.log" | grep -E "rank|step (1|10|20|30)/|checkpoint|error"
-rm -rf "$out/tiny-run"
+# the default job as the README's first command runs it: demo data, 2 ranks
+bash "$top/jobscripts/quickstart.sh" --workdir "$out/quickstart" > "$out/quickstart.log" 2>&1
+echo "quickstart exit $?: $(tail -n 1 "$out/quickstart.log")"
+rm -rf "$out/quickstart/run" "$out/quickstart/demo"
