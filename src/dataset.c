@@ -829,7 +829,8 @@ int vl_dataset_open(vl_dataset **out, const char *path, const char *split) {
   if (d->fd < 0) {
     int e = errno;
     vl_dataset_close(d);
-    VL_ERROR(VL_EIO, "%s: cannot open: %s", path, strerror(e));
+    VL_ERROR(VL_EIO, "%s: cannot open: %s%s", path, strerror(e),
+             e == ENOENT ? " (datasets are made by vlprep; ./quickstart.sh run makes the demo's)" : "");
   }
   struct stat st;
   if (fstat(d->fd, &st) != 0) {
