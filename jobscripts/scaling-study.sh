@@ -3,19 +3,29 @@
 #   scaling-study.sh --config CFG.yaml --ranks "1 2 4 8" [--mode strong|weak|both]
 #                    [--global-batch 16] [--accum 8] [--steps 6] [--out DIR]
 #                    [--launcher "mpirun -np"] (or "srun -n")
+#                    [--flops-per-token F] [--peak-flops P]
+#                    [--peer-cmd "torchrun --nproc_per_node {n} hf_peer.py --accum {accum} --steps 2"]
 # strong scaling: global batch fixed, accumulation = global / (ranks x micro);
 # weak scaling: accumulation per rank fixed (--accum).  Each run's step lines
 # give tokens/s and seconds per step (median over the steps after the first);
 # DIR/results.csv gets one row per run with the efficiency against the
 # smallest run (tokens/s per rank relative to it), and DIR/scaling.png a plot
-# when gnuplot is installed.
+# when gnuplot is installed.  With --flops-per-token (model FLOPs per LLM
+# token: 1.936e14 / 2902 = 6.671e10 for the Qwen3-VL-8B workload of
+# shared/BENCHMARK.md) the rows carry MFU against --peak-flops per GPU
+# (989e12).  With --peer-cmd each run is followed by the peer at the same
+# rank count and accumulation ({n}, {accum} substituted; its last line is the
+# JSON of shared/bench/hf_peer.py: tokens_per_s, step_s), and the rows carry
+# its tokens/s, s/step and vltrain's speed relative to it.
 set -uo pipefail
 cfg="" ranks="1 2" mode=both gb=16 accum=8 steps=6 out=scaling launcher=${LAUNCHER:-"mpirun -np"}
+fpt=0 peak=989e12 peer_cmd=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --config) cfg=$2; shift 2 ;; --ranks) ranks=$2; shift 2 ;; --mode) mode=$2; shift 2 ;;
     --global-batch) gb=$2; shift 2 ;; --accum) accum=$2; shift 2 ;; --steps) steps=$2; shift 2 ;;
     --out) out=$2; shift 2 ;; --launcher) launcher=$2; shift 2 ;;
+    --flops-per-token) fpt=$2; shift 2 ;; --peak-flops) peak=$2; shift 2 ;; --peer-cmd) peer_cmd=$2; shift 2 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -25,7 +35,7 @@ vltrain=${VLTRAIN:-$top/build/src/vltrain}
 cfg=$(cd "$(dirname "$cfg")" && pwd)/$(basename "$cfg")
 mkdir -p "$out"
 csv="$out/results.csv"
-echo "mode,ranks,micro_batch,grad_accum,global_batch,tokens_per_s,s_per_step,tokens_per_s_per_rank,efficiency" > "$csv"
+echo "mode,ranks,micro_batch,grad_accum,global_batch,tokens_per_s,s_per_step,tokens_per_s_per_rank,efficiency,mfu,peer_tokens_per_s,peer_s_per_step,speedup_vs_peer" > "$csv"
 modes=$mode; [ "$mode" = both ] && modes="strong weak"
 for m in $modes; do
   base=""
@@ -50,7 +60,19 @@ EOY
     per=$(awk -v t="$tps" -v w="$w" 'BEGIN {printf "%.1f", t / w}')
     [ -z "$base" ] && base=$per
     eff=$(awk -v p="$per" -v b="$base" 'BEGIN {printf "%.3f", (b > 0) ? p / b : 0}')
-    echo "$m,$w,1,$a,$((w * a)),$tps,$sps,$per,$eff" | tee -a "$csv"
+    mfu=$(awk -v p="$per" -v f="$fpt" -v k="$peak" 'BEGIN {if (f > 0 && k > 0) printf "%.4f", p * f / k}')
+    ptps="" psps="" spd=""
+    if [ -n "$peer_cmd" ]; then
+      pc=$(echo "$peer_cmd" | sed "s/{n}/$w/g; s/{accum}/$a/g")
+      echo "   peer: $pc"
+      sh -c "$pc" > "$run/peer.log" 2>&1 || { echo "peer failed: $run/peer.log"; tail -5 "$run/peer.log"; exit 1; }
+      j=$(grep '"tokens_per_s"' "$run/peer.log" | tail -n 1)
+      ptps=$(echo "$j" | sed -n 's/.*"tokens_per_s": *\([0-9.eE+-]*\).*/\1/p')
+      psps=$(echo "$j" | sed -n 's/.*"step_s": *\([0-9.eE+-]*\).*/\1/p')
+      [ -n "$ptps" ] || { echo "peer printed no tokens_per_s: $run/peer.log"; exit 1; }
+      spd=$(awk -v v="$tps" -v p="$ptps" 'BEGIN {if (p > 0) printf "%.3f", v / p}')
+    fi
+    echo "$m,$w,1,$a,$((w * a)),$tps,$sps,$per,$eff,$mfu,$ptps,$psps,$spd" | tee -a "$csv"
   done
 done
 if command -v gnuplot >/dev/null 2>&1; then

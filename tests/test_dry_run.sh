@@ -35,4 +35,11 @@ rm -f "$gb"
 echo "$out" | tail -n 2
 [ $rc -ne 0 ] && echo "$out" | grep -q "train.global_batch 6 does not divide into 1 rank(s) x micro_batch 4" \
   || { echo "FAIL: a global batch that does not divide was accepted or not named"; exit 1; }
+# the benchmark workload's experiment file (tests/bench/bench_8b.sh, scaling-study.sh)
+b8=$(mktemp /tmp/vl_b8_XXXXXX.yaml)
+printf 'include: %s\nrun: {backend: cpu}\n' "$VL_SRCDIR/inputs/bench-8b.yaml" > "$b8"
+out=$("$bin" --dry-run "$b8" 2>&1); rc=$?
+rm -f "$b8"
+[ $rc -eq 0 ] && echo "$out" | grep -q "8,767,123,696" && echo "$out" | grep -q "1 micro-batch x 8 accumulation" \
+  || { echo "$out"; echo "FAIL: inputs/bench-8b.yaml"; exit 1; }
 echo "dry-run ok"

@@ -9,15 +9,27 @@ trap 'rm -rf "$dir"' EXIT
 cat > "$dir/micro.yaml" <<EOY
 include: $VL_SRCDIR/tests/data/micro.yaml
 EOY
+# a stand-in for the peer (hf_peer.py needs GPUs): its JSON line, 50 tokens/s per rank
+cat > "$dir/peer.sh" <<'EOP'
+echo "some log line"
+echo "{\"mode\": \"full\", \"world\": $1, \"accum\": $2, \"step_s\": 2.5, \"tokens_per_s\": $(( 50 * $1 )).0}"
+EOP
 VLTRAIN="$VL_BUILDDIR/src/vltrain" LAUNCHER="$MPIRUN --oversubscribe -np" \
   "$VL_SRCDIR/jobscripts/scaling-study.sh" --config "$dir/micro.yaml" --ranks "1 2" --mode both \
-  --global-batch 4 --accum 2 --steps 4 --out "$dir/study" || { echo "FAIL: driver"; exit 1; }
+  --global-batch 4 --accum 2 --steps 4 --out "$dir/study" --flops-per-token 1e9 --peak-flops 1e12 \
+  --peer-cmd "sh $dir/peer.sh {n} {accum}" || { echo "FAIL: driver"; exit 1; }
 cat "$dir/study/results.csv"
 rows=$(grep -cE '^(strong|weak),[12],' "$dir/study/results.csv")
 [ "$rows" -eq 4 ] || { echo "FAIL: $rows rows, expected 4"; exit 1; }
 grep -q '^strong,1,1,4,4,' "$dir/study/results.csv" || { echo "FAIL: strong 1-rank row"; exit 1; }
 grep -q '^weak,2,1,2,4,' "$dir/study/results.csv" || { echo "FAIL: weak 2-rank row"; exit 1; }
 awk -F, 'NR > 1 && !($6 > 0 && $9 > 0) {exit 1}' "$dir/study/results.csv" || { echo "FAIL: empty figures"; exit 1; }
+# MFU = tokens/s per rank x FLOPs per token / peak; the peer's figures and the ratio
+awk -F, 'NR > 1 { m = $8 * 1e9 / 1e12; d = $10 - m; if (d < 0) d = -d; if (d > 1e-4 + 1e-3 * m) exit 1 }' \
+  "$dir/study/results.csv" || { echo "FAIL: MFU column"; exit 1; }
+awk -F, 'NR > 1 { p = 50 * $2; if ($11 != p || $12 != 2.5) exit 1; r = $6 / p; d = $13 - r; if (d < 0) d = -d;
+                  if (d > 2e-3 + 1e-3 * r) exit 1 }' "$dir/study/results.csv" \
+  || { echo "FAIL: peer columns"; exit 1; }
 if command -v gnuplot >/dev/null 2>&1; then # .ci/run installs gnuplot-nox
   [ "$(head -c 4 "$dir/study/scaling.png" | od -An -c | tr -d ' ')" = '211PNG' ] || { echo "FAIL: no PNG plot"; exit 1; }
   echo "plot: scaling.png, $(wc -c < "$dir/study/scaling.png") bytes"

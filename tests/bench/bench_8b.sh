@@ -17,12 +17,10 @@ top=$(cd "$(dirname "$0")/../.." && pwd)
 vltrain=${VLTRAIN:-$top/build-gpu/src/vltrain}
 mkdir -p "$out"
 cat > "$out/bench.yaml" <<EOY
-include: $top/inputs/qwen3-vl-8b.yaml
-train: {micro_batch: 1, grad_accum: $accum, steps: $steps, warmup_steps: 0, lr: 1.0e-5,
-        max_seq_len: 2902, max_vision_patches: 8960, synth_grid: [112, 80], synth_text: 662,
-        synth_answer: 400, stats_every: 0, eval_samples: 0,
+include: $top/inputs/bench-8b.yaml
+train: {grad_accum: $accum, steps: $steps,
         optimizer: ${VL_BENCH_OPTIMIZER:-zero1}, recompute: ${VL_BENCH_RECOMPUTE:-false}}
-run: {backend: cuda, data: "", out_dir: $out/run, resume: false, save_final: false, checkpoint_every: 0}
+run: {out_dir: $out/run}
 EOY
 export VL_PROFILE=${VL_PROFILE:-0}
 echo "== vltrain: $n GPU(s), accumulation $accum, $steps steps"
