@@ -34,21 +34,14 @@
 #include "graph.h"
 #include "optim.h"
 #include "synth.h"
+#include "micro_model.h"
 #include "test_util.h"
 #include "train.h"
 #include "safetensors.h"
 #include "weights.h"
 
 static const char *yaml =
-    "model:\n  family: qwen3-vl\n"
-    "  text: {vocab_size: 96, hidden_size: 16, intermediate_size: 24, num_hidden_layers: 2,\n"
-    "         num_attention_heads: 2, num_key_value_heads: 1, head_dim: 8, rope_theta: 10000,\n"
-    "         mrope_section: [2, 1, 1]}\n"
-    "  vision: {depth: 2, hidden_size: 16, intermediate_size: 24, num_heads: 2, patch_size: 2,\n"
-    "           spatial_merge_size: 2, out_hidden_size: 16, num_position_embeddings: 16,\n"
-    "           deepstack_visual_indexes: [1]}\n"
-    "  tokens: {image_token_id: 92, video_token_id: 93, vision_start_token_id: 90,\n"
-    "           vision_end_token_id: 91}\n"
+    VL_TEST_MICRO_MODEL
     "train: {micro_batch: 1, steps: 10, lr: 1.0e-2, warmup_steps: 2, weight_decay: 0.1,\n"
     "        grad_clip: 0.5, max_seq_len: 96, max_vision_patches: 64, seed: 99}\n";
 
