@@ -11,63 +11,7 @@
 #include <utf8proc.h>
 
 #include "err.h"
-
-/* ---- string -> int32 hash map (open addressing) ---------------------------- */
-typedef struct {
-  char **keys;
-  size_t *klen;
-  int32_t *vals;
-  size_t cap, n;
-} str_map;
-
-static uint64_t hash_bytes(const char *s, size_t n) {
-  uint64_t h = 1469598103934665603ull;
-  for (size_t i = 0; i < n; i++) h = (h ^ (unsigned char)s[i]) * 1099511628211ull;
-  return h;
-}
-
-static int map_init(str_map *m, size_t expected) {
-  m->cap = 16;
-  while (m->cap < expected * 2) m->cap *= 2;
-  m->keys = calloc(m->cap, sizeof *m->keys);
-  m->klen = calloc(m->cap, sizeof *m->klen);
-  m->vals = calloc(m->cap, sizeof *m->vals);
-  m->n = 0;
-  if (!m->keys || !m->klen || !m->vals) VL_ERROR(VL_ENOMEM, "tokenizer map");
-  return VL_OK;
-}
-
-static void map_free(str_map *m) {
-  for (size_t i = 0; i < m->cap; i++) free(m->keys ? m->keys[i] : NULL);
-  free(m->keys); free(m->klen); free(m->vals);
-  memset(m, 0, sizeof *m);
-}
-
-static int32_t map_get(const str_map *m, const char *s, size_t n) {
-  size_t i = hash_bytes(s, n) & (m->cap - 1);
-  while (m->keys[i]) {
-    if (m->klen[i] == n && memcmp(m->keys[i], s, n) == 0) return m->vals[i];
-    i = (i + 1) & (m->cap - 1);
-  }
-  return -1;
-}
-
-static int map_put(str_map *m, const char *s, size_t n, int32_t v) {
-  if (2 * (m->n + 1) > m->cap) VL_ERROR(VL_EINVAL, "tokenizer map over capacity");
-  size_t i = hash_bytes(s, n) & (m->cap - 1);
-  while (m->keys[i]) {
-    if (m->klen[i] == n && memcmp(m->keys[i], s, n) == 0) { m->vals[i] = v; return VL_OK; }
-    i = (i + 1) & (m->cap - 1);
-  }
-  m->keys[i] = malloc(n + 1);
-  if (!m->keys[i]) VL_ERROR(VL_ENOMEM, "tokenizer map key");
-  memcpy(m->keys[i], s, n);
-  m->keys[i][n] = 0;
-  m->klen[i] = n;
-  m->vals[i] = v;
-  m->n++;
-  return VL_OK;
-}
+#include "strmap.h"
 
 /* ---- pair -> (rank, merged id) ----------------------------------------------- */
 typedef struct {
@@ -108,7 +52,7 @@ typedef struct {
 } added_token;
 
 struct vl_tokenizer {
-  str_map vocab;          /* byte-level token string -> id */
+  vl_strmap vocab;          /* byte-level token string -> id */
   char **id_str;          /* id -> token string (NULL: none) */
   unsigned char *id_added;/* id is an added token (decoded verbatim) */
   int n_ids;
@@ -120,7 +64,7 @@ struct vl_tokenizer {
   int dec_byte[512];      /* code point (< 512) -> byte, -1 if none */
   pcre2_code *re;
   pcre2_match_data *md;
-  str_map cache;          /* piece -> index into cache_ids */
+  vl_strmap cache;          /* piece -> index into cache_ids */
   int32_t *cache_ids;     /* [len, ids...] records */
   size_t cache_n, cache_cap;
 };
@@ -141,8 +85,8 @@ static void byte_level_tables(vl_tokenizer *t) {
 
 void vl_tokenizer_free(vl_tokenizer *t) {
   if (!t) return;
-  map_free(&t->vocab);
-  map_free(&t->cache);
+  vl_strmap_free(&t->vocab);
+  vl_strmap_free(&t->cache);
   for (int i = 0; i < t->n_ids; i++) free(t->id_str ? t->id_str[i] : NULL);
   free(t->id_str);
   free(t->id_added);
@@ -215,11 +159,11 @@ int vl_tokenizer_load(vl_tokenizer **out, const char *path) {
   t->md = pcre2_match_data_create_from_pattern(t->re, NULL);
   /* vocabulary */
   int max_id = -1, nv = cJSON_GetArraySize(vocab), na = cJSON_GetArraySize(added);
-  VL_CALL_GOTO(rc, done, map_init(&t->vocab, (size_t)(nv + na + 16)));
+  VL_CALL_GOTO(rc, done, vl_strmap_init(&t->vocab, (size_t)(nv + na + 16)));
   const cJSON *e;
   cJSON_ArrayForEach(e, vocab) {
     if (!cJSON_IsNumber(e)) VL_ERROR_GOTO(rc, done, VL_EIO, "%s: vocab entry '%s' is not an id", path, e->string);
-    VL_CALL_GOTO(rc, done, map_put(&t->vocab, e->string, strlen(e->string), e->valueint));
+    VL_CALL_GOTO(rc, done, vl_strmap_put(&t->vocab, e->string, strlen(e->string), e->valueint));
     if (e->valueint > max_id) max_id = e->valueint;
   }
   cJSON_ArrayForEach(e, added) {
@@ -242,11 +186,11 @@ int vl_tokenizer_load(vl_tokenizer **out, const char *path) {
     free(t->id_str[a->id]);
     t->id_str[a->id] = strdup(c->valuestring);
     t->id_added[a->id] = 1;
-    VL_CALL_GOTO(rc, done, map_put(&t->vocab, a->content, a->len, a->id));
+    VL_CALL_GOTO(rc, done, vl_strmap_put(&t->vocab, a->content, a->len, a->id));
   }
   qsort(t->added, (size_t)t->n_added, sizeof *t->added, cmp_added);
   for (int b = 0; b < 256; b++) {
-    t->byte_id[b] = map_get(&t->vocab, t->byte_chr[b], strlen(t->byte_chr[b]));
+    t->byte_id[b] = vl_strmap_get(&t->vocab, t->byte_chr[b], strlen(t->byte_chr[b]));
     if (t->byte_id[b] < 0) VL_ERROR_GOTO(rc, done, VL_EIO, "%s: byte %d has no token (not byte-level?)", path, b);
   }
   /* merges: "a b" strings or [a, b] pairs */
@@ -273,16 +217,16 @@ int vl_tokenizer_load(vl_tokenizer **out, const char *path) {
       }
     }
     if (!a || !b) VL_ERROR_GOTO(rc, done, VL_EIO, "%s: merge %d is malformed", path, rank);
-    int32_t ia = map_get(&t->vocab, a, strlen(a)), ib = map_get(&t->vocab, b, strlen(b));
+    int32_t ia = vl_strmap_get(&t->vocab, a, strlen(a)), ib = vl_strmap_get(&t->vocab, b, strlen(b));
     char cat[2048];
     int nc = snprintf(cat, sizeof cat, "%s%s", a, b);
-    int32_t im = map_get(&t->vocab, cat, (size_t)nc);
+    int32_t im = vl_strmap_get(&t->vocab, cat, (size_t)nc);
     if (ia < 0 || ib < 0 || im < 0)
       VL_ERROR_GOTO(rc, done, VL_EIO, "%s: merge %d ('%s' '%s') names tokens not in the vocabulary", path, rank, a, b);
     pair_put(&t->merges, ia, ib, rank, im);
     rank++;
   }
-  VL_CALL_GOTO(rc, done, map_init(&t->cache, 1 << 19));
+  VL_CALL_GOTO(rc, done, vl_strmap_init(&t->cache, 1 << 19));
 done:
   cJSON_Delete(root);
   if (rc) { vl_tokenizer_free(t); return rc; }
@@ -291,7 +235,7 @@ done:
 }
 
 int32_t vl_tokenizer_token_id(const vl_tokenizer *t, const char *token) {
-  return map_get(&t->vocab, token, strlen(token));
+  return vl_strmap_get(&t->vocab, token, strlen(token));
 }
 int vl_tokenizer_vocab_size(const vl_tokenizer *t) { return t->n_ids; }
 
@@ -312,7 +256,7 @@ static int push_ids(int32_t **ids, size_t *n, size_t *cap, const int32_t *v, siz
 /* BPE of one pre-tokenized piece (raw bytes). */
 static int bpe_piece(vl_tokenizer *t, const unsigned char *s, size_t len, int32_t **ids, size_t *n,
                      size_t *cap) {
-  int32_t ci = len <= 256 ? map_get(&t->cache, (const char *)s, len) : -1;
+  int32_t ci = len <= 256 ? vl_strmap_get(&t->cache, (const char *)s, len) : -1;
   if (ci >= 0) return push_ids(ids, n, cap, t->cache_ids + ci + 1, (size_t)t->cache_ids[ci]);
   int32_t stack_sym[512], *sym = len <= 512 ? stack_sym : malloc(len * sizeof(int32_t));
   if (!sym) VL_ERROR(VL_ENOMEM, "bpe symbols");
@@ -337,9 +281,9 @@ static int bpe_piece(vl_tokenizer *t, const unsigned char *s, size_t len, int32_
   }
   int rc = push_ids(ids, n, cap, sym, m);
   if (rc == VL_OK && len <= 256) { /* remember it */
-    if (t->cache.n * 2 + 2 > t->cache.cap || t->cache_n + m + 1 > (size_t)1 << 26) {
-      map_free(&t->cache);
-      rc = map_init(&t->cache, 1 << 19);
+    if (t->cache.n + 1 > (size_t)1 << 19 || t->cache_n + m + 1 > (size_t)1 << 26) { /* full: start over */
+      vl_strmap_free(&t->cache);
+      rc = vl_strmap_init(&t->cache, 1 << 19);
       t->cache_n = 0;
     }
     if (rc == VL_OK && t->cache_n + m + 1 > t->cache_cap) {
@@ -351,7 +295,7 @@ static int bpe_piece(vl_tokenizer *t, const unsigned char *s, size_t len, int32_
     if (rc == VL_OK && t->cache_n + m + 1 <= t->cache_cap) {
       t->cache_ids[t->cache_n] = (int32_t)m;
       memcpy(t->cache_ids + t->cache_n + 1, sym, m * sizeof(int32_t));
-      rc = map_put(&t->cache, (const char *)s, len, (int32_t)t->cache_n);
+      rc = vl_strmap_put(&t->cache, (const char *)s, len, (int32_t)t->cache_n);
       t->cache_n += m + 1;
     }
   }

@@ -24,6 +24,7 @@
 #include <utf8proc.h>
 
 #include "err.h"
+#include "strmap.h"
 
 static const char qwen_regex[] =
     "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|"
@@ -41,58 +42,14 @@ static const struct { const char *content; int special; } added_tokens[] = {
     {"<think>", 0}, {"</think>", 0}};
 #define N_ADDED ((int)(sizeof added_tokens / sizeof added_tokens[0]))
 
-/* ---- a string set: piece -> index ---------------------------------------------- */
-typedef struct {
-  char **key;
-  int *val;
-  size_t cap, n;
-} strset;
-
-static uint64_t fnv(const char *s, size_t n) {
-  uint64_t h = 1469598103934665603ull;
-  for (size_t i = 0; i < n; i++) h = (h ^ (unsigned char)s[i]) * 1099511628211ull;
-  return h;
-}
-
-/* The index of s in the set, -1 if absent; with add, inserts it as `add_val`. */
-static int strset_find(strset *m, const char *s, size_t n, int add, int add_val, int *out) {
-  if (add && 2 * (m->n + 1) > m->cap) {
-    strset g = {NULL, NULL, m->cap ? 2 * m->cap : 1024, 0};
-    g.key = calloc(g.cap, sizeof *g.key);
-    g.val = calloc(g.cap, sizeof *g.val);
-    if (!g.key || !g.val) { free(g.key); free(g.val); VL_ERROR(VL_ENOMEM, "piece table"); }
-    for (size_t i = 0; i < m->cap; i++)
-      if (m->key[i]) {
-        size_t j = fnv(m->key[i], strlen(m->key[i])) & (g.cap - 1);
-        while (g.key[j]) j = (j + 1) & (g.cap - 1);
-        g.key[j] = m->key[i];
-        g.val[j] = m->val[i];
-        g.n++;
-      }
-    free(m->key);
-    free(m->val);
-    *m = g;
+/* The value of s in the map, -1 if absent; with add, inserts it as `add_val`. */
+static int strset_find(vl_strmap *m, const char *s, size_t n, int add, int add_val, int *out) {
+  *out = vl_strmap_get(m, s, n);
+  if (*out < 0 && add) {
+    VL_CALL(vl_strmap_put(m, s, n, add_val));
+    *out = add_val;
   }
-  *out = -1;
-  if (!m->cap) return VL_OK;
-  size_t i = fnv(s, n) & (m->cap - 1);
-  while (m->key[i]) {
-    if (strlen(m->key[i]) == n && memcmp(m->key[i], s, n) == 0) { *out = m->val[i]; return VL_OK; }
-    i = (i + 1) & (m->cap - 1);
-  }
-  if (!add) return VL_OK;
-  m->key[i] = strndup(s, n);
-  if (!m->key[i]) VL_ERROR(VL_ENOMEM, "piece table");
-  m->val[i] = add_val;
-  m->n++;
-  *out = add_val;
   return VL_OK;
-}
-
-static void strset_free(strset *m) {
-  for (size_t i = 0; i < m->cap; i++) free(m->key[i]);
-  free(m->key);
-  free(m->val);
 }
 
 /* ---- the trainer's state ---------------------------------------------------------- */
@@ -102,12 +59,12 @@ typedef struct {
 } word;
 
 typedef struct {
-  strset pieces;          /* piece bytes -> word index */
+  vl_strmap pieces;          /* piece bytes -> word index */
   word *words;
   int n_words, cap_words;
   char **tok;             /* id -> byte-level token string */
   int n_tok, cap_tok;
-  strset tok_ids;         /* token string -> id */
+  vl_strmap tok_ids;         /* token string -> id */
   int (*merges)[2];
   int n_merges;
   char byte_sym[256][3];  /* UTF-8 of each byte's symbol */
@@ -468,8 +425,8 @@ int main(int argc, char **argv) {
   free(t.merges);
   free(pc.key);
   free(pc.count);
-  strset_free(&t.pieces);
-  strset_free(&t.tok_ids);
+  vl_strmap_free(&t.pieces);
+  vl_strmap_free(&t.tok_ids);
   pcre2_match_data_free(t.md);
   pcre2_code_free(t.re);
   return rc ? 1 : 0;
