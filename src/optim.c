@@ -30,8 +30,14 @@ size_t vl_optim_padded_size(size_t n, int world) {
   return (n + W - 1) / W * W;
 }
 
+void vl_optim_shard_range(size_t n, int world, int rank, size_t *begin, size_t *mine) {
+  const size_t shard = vl_optim_padded_size(n, world) / (size_t)world;
+  *begin = shard * (size_t)rank;
+  *mine = *begin < n ? (n - *begin < shard ? n - *begin : shard) : 0;
+}
+
 int vl_optim_create(vl_optim *o, const vl_model *m, vl_ops *ops, vl_comm *comm,
-                    const vl_train_config *cfg, const float *host_params) {
+                    const vl_train_config *cfg, const float *shard_init) {
   memset(o, 0, sizeof *o);
   o->m = m; o->ops = ops; o->comm = comm; o->cfg = *cfg;
   const size_t W = (size_t)comm->size;
@@ -50,12 +56,14 @@ int vl_optim_create(vl_optim *o, const vl_model *m, vl_ops *ops, vl_comm *comm,
   VL_CALL(ops->alloc(ops, (void **)&o->master, o->shard * sizeof(float), "fp32 master shard"));
   VL_CALL(ops->zero(ops, o->master, o->shard * sizeof(float)));
   size_t mine = vl_optim_mine(o);
-  if (mine) VL_CALL(ops->put_raw(ops, o->master, host_params + o->begin, mine * sizeof(float)));
+  if (mine) VL_CALL(ops->put_raw(ops, o->master, shard_init, mine * sizeof(float)));
   return VL_OK;
 }
 
 size_t vl_optim_mine(const vl_optim *o) {
-  return o->begin < o->n ? (o->n - o->begin < o->shard ? o->n - o->begin : o->shard) : 0;
+  size_t begin, mine;
+  vl_optim_shard_range(o->n, o->comm->size, o->comm->rank, &begin, &mine);
+  return mine;
 }
 
 void vl_optim_bind(vl_optim *o, vl_graph *g) { o->work = g->params; }

@@ -57,11 +57,16 @@ double vl_optim_lr(const vl_train_config *t, int step);
  * shards) for a model of n elements on `world` ranks. */
 size_t vl_optim_padded_size(size_t n, int world);
 
-/* host_params (n floats) are the initial fp32 weights, the same on every rank.
- * The graph's params/grads must hold vl_optim_padded_size elements: the
- * collectives run in place on them. */
+/* The shard rank `rank` of `world` owns: elements [*begin, *begin + *mine)
+ * of a model of n elements (*mine is 0 for shards of padding only). */
+void vl_optim_shard_range(size_t n, int world, int rank, size_t *begin, size_t *mine);
+
+/* shard_init: the initial fp32 weights of this rank's shard (the *mine
+ * elements from *begin of vl_optim_shard_range).  The graph's params/grads
+ * must hold vl_optim_padded_size elements: the collectives run in place on
+ * them. */
 int vl_optim_create(vl_optim *o, const vl_model *m, vl_ops *ops, vl_comm *comm,
-                    const vl_train_config *cfg, const float *host_params);
+                    const vl_train_config *cfg, const float *shard_init);
 /* Tells the optimizer where the graph's working weights are (checkpoints of
  * a lean run read the weights from there).  vl_trainer_create calls it. */
 void vl_optim_bind(vl_optim *o, vl_graph *g);

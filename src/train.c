@@ -75,8 +75,10 @@ static int open_data(vl_trainer *t) {
   return VL_OK;
 }
 
-int vl_trainer_create(vl_trainer *t, const vl_config *cfg, const vl_model *m, vl_comm *comm,
-                      vl_ops *ops, const float *host_params) {
+/* full: the whole block (n floats); else shard: this rank's ZeRO-1 shard, and
+ * the working weights are all-gathered from the shards. */
+static int trainer_create(vl_trainer *t, const vl_config *cfg, const vl_model *m, vl_comm *comm,
+                          vl_ops *ops, const float *full, const float *shard) {
   memset(t, 0, sizeof *t);
   const char *prof = getenv("VL_PROFILE");
   if (prof && atoi(prof) == 2) {
@@ -88,9 +90,23 @@ int vl_trainer_create(vl_trainer *t, const vl_config *cfg, const vl_model *m, vl
   VL_CALL(vl_graph_create_opts(&t->g, m, ops, tc->max_seq_len * tc->micro_batch,
                                tc->max_vision_patches * tc->micro_batch, 0,
                                vl_optim_padded_size(m->n_elements, comm->size), tc->recompute));
-  VL_CALL(ops->put(ops, t->g.params, host_params, m->n_elements));
+  size_t begin, mine;
+  vl_optim_shard_range(m->n_elements, comm->size, comm->rank, &begin, &mine);
+  if (full) {
+    VL_CALL(ops->put(ops, t->g.params, full, m->n_elements));
+  } else {
+    const size_t padded = vl_optim_padded_size(m->n_elements, comm->size);
+    VL_CALL(ops->zero(ops, t->g.params, padded * ops->elem_size));
+    if (mine) VL_CALL(ops->put(ops, (char *)t->g.params + begin * ops->elem_size, shard, mine));
+    if (comm->size > 1) {
+      VL_CALL(ops->sync(ops));
+      VL_CALL(vl_comm_allgather_inplace(comm, ops->elem_size == 2 ? VL_COMM_BF16 : VL_COMM_F32, t->g.params,
+                                        padded / (size_t)comm->size));
+      VL_CALL(vl_comm_sync(comm));
+    }
+  }
   VL_CALL(ops->zero(ops, t->g.grads, m->n_elements * ops->elem_size));
-  VL_CALL(vl_optim_create(&t->opt, m, ops, comm, tc, host_params));
+  VL_CALL(vl_optim_create(&t->opt, m, ops, comm, tc, full ? full + begin : shard));
   vl_optim_bind(&t->opt, &t->g);
   VL_CALL(ops->host_alloc(ops, (void **)&t->loss_host,
                           (size_t)tc->grad_accum * tc->max_seq_len * tc->micro_batch * sizeof(float),
@@ -106,6 +122,16 @@ int vl_trainer_create(vl_trainer *t, const vl_config *cfg, const vl_model *m, vl
     VL_ERROR(VL_EIO, "another rank could not open the data %s", cfg->run.data);
   }
   return VL_OK;
+}
+
+int vl_trainer_create(vl_trainer *t, const vl_config *cfg, const vl_model *m, vl_comm *comm,
+                      vl_ops *ops, const float *host_params) {
+  return trainer_create(t, cfg, m, comm, ops, host_params, NULL);
+}
+
+int vl_trainer_create_shard(vl_trainer *t, const vl_config *cfg, const vl_model *m, vl_comm *comm,
+                            vl_ops *ops, const float *shard_params) {
+  return trainer_create(t, cfg, m, comm, ops, NULL, shard_params);
 }
 
 int vl_trainer_resume(vl_trainer *t, const char *path) {
@@ -493,11 +519,24 @@ static void fmt_time(char *buf, size_t n, double s) {
   else snprintf(buf, n, "%dh%02dm", (int)s / 3600, ((int)s % 3600) / 60);
 }
 
+static int train_run(const vl_config *cfg, const vl_model *m, vl_comm *comm, vl_ops *ops,
+                     const float *full, const float *shard, int *preempted);
+
 int vl_train_run(const vl_config *cfg, const vl_model *m, vl_comm *comm, vl_ops *ops,
                  const float *host_params, int *preempted) {
+  return train_run(cfg, m, comm, ops, host_params, NULL, preempted);
+}
+
+int vl_train_run_shard(const vl_config *cfg, const vl_model *m, vl_comm *comm, vl_ops *ops,
+                       const float *shard_params, int *preempted) {
+  return train_run(cfg, m, comm, ops, NULL, shard_params, preempted);
+}
+
+static int train_run(const vl_config *cfg, const vl_model *m, vl_comm *comm, vl_ops *ops,
+                     const float *full, const float *shard, int *preempted) {
   vl_trainer t;
   *preempted = 0;
-  VL_CALL(vl_trainer_create(&t, cfg, m, comm, ops, host_params));
+  VL_CALL(trainer_create(&t, cfg, m, comm, ops, full, shard));
   /* a progress bar only on a terminal we own: launchers (mpirun, srun) give
    * ranks a pty even when the job's output goes to a file */
   const char *bar = getenv("VL_PROGRESS_BAR");

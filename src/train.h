@@ -77,6 +77,11 @@ typedef struct {
 int vl_trainer_create(vl_trainer *t, const vl_config *cfg, const vl_model *m, vl_comm *comm,
                       vl_ops *ops, const float *host_params);
 int vl_trainer_step(vl_trainer *t, vl_step_report *r);
+/* The same from this rank's ZeRO-1 shard of the initial weights only (the
+ * elements vl_optim_shard_range names): the working weights are all-gathered,
+ * so no rank holds the whole model in host memory. */
+int vl_trainer_create_shard(vl_trainer *t, const vl_config *cfg, const vl_model *m, vl_comm *comm,
+                            vl_ops *ops, const float *shard_params);
 /* Continues from a checkpoint (any writer world size): weights, optimizer,
  * step and the data cursor; the checkpoint's data seed and training-split
  * size must match this run's. */
@@ -117,5 +122,8 @@ int vl_train_resolve_batch(vl_train_config *t, int world);
  * bar on a terminal).  *preempted = 1 when a signal stopped it early. */
 int vl_train_run(const vl_config *cfg, const vl_model *m, vl_comm *comm, vl_ops *ops,
                  const float *host_params, int *preempted);
+/* The same from this rank's shard of the initial weights (vl_trainer_create_shard). */
+int vl_train_run_shard(const vl_config *cfg, const vl_model *m, vl_comm *comm, vl_ops *ops,
+                       const float *shard_params, int *preempted);
 
 #endif

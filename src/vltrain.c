@@ -26,6 +26,7 @@ static int omp_threads(void) { return 1; }
 #include "graph.h"
 #include "model.h"
 #include "ops.h"
+#include "optim.h"
 #include "train.h"
 #include "weights.h"
 
@@ -196,23 +197,28 @@ static int train(const vl_config *cfg, const vl_model *m, vl_comm *comm) {
     vl_ops_destroy(ops);
     return mc;
   }
+  /* each rank reads (or draws) only its ZeRO-1 shard of the initial weights;
+   * the working copy is all-gathered on the device */
+  size_t begin, mine;
+  vl_optim_shard_range(m->n_elements, comm->size, comm->rank, &begin, &mine);
   float *w = NULL;
-  int rc = vl_malloc((void **)&w, m->n_elements * sizeof(float), "host weights");
+  int rc = vl_malloc((void **)&w, (mine ? mine : 1) * sizeof(float), "host weights (this rank's shard)");
   if (rc == VL_OK) {
     if (cfg->model.path[0]) {
       struct timespec t0, t1;
       clock_gettime(CLOCK_MONOTONIC, &t0);
-      rc = vl_weights_load(m, cfg->model.path, w, 0);
+      rc = vl_weights_load_range(m, cfg->model.path, w, begin, begin + mine, 0);
       clock_gettime(CLOCK_MONOTONIC, &t1);
       if (rc == VL_OK && comm->rank == 0)
-        printf("weights: %s (%zu parameters) read in %.2f s\n", cfg->model.path, m->n_elements,
+        printf("weights: %s (%zu parameters, %zu on each of %d rank(s)) read in %.2f s\n", cfg->model.path,
+               m->n_elements, mine, comm->size,
                (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec));
     } else {
-      vl_weights_init_random(m, w, cfg->train.seed, 0.02f);
+      vl_weights_init_random_range(m, w, begin, begin + mine, cfg->train.seed, 0.02f);
     }
   }
   int preempted = 0;
-  if (rc == VL_OK) rc = vl_train_run(cfg, m, comm, ops, w, &preempted);
+  if (rc == VL_OK) rc = vl_train_run_shard(cfg, m, comm, ops, w, &preempted);
   if (rc == VL_OK && preempted) rc = -1;
   free(w);
   vl_ops_destroy(ops);

@@ -25,18 +25,31 @@ float vl_rng_normal(uint64_t *s) {
 }
 
 void vl_weights_init_random(const vl_model *m, float *host, uint64_t seed, float std) {
-  /* One stream per tensor, seeded by (seed, index): parallel and reproducible. */
+  vl_weights_init_random_range(m, host, 0, m->n_elements, seed, std);
+}
+
+void vl_weights_init_random_range(const vl_model *m, float *host, size_t begin, size_t end, uint64_t seed,
+                                  float std) {
+  /* One stream per tensor, seeded by (seed, index): parallel and reproducible.
+   * A normal draw takes two steps of the splitmix64 counter, so a range
+   * starting inside a tensor jumps the counter there directly. */
 #pragma omp parallel for schedule(dynamic)
   for (int i = 0; i < m->n_params; i++) {
     const vl_param *p = &m->params[i];
-    float *w = host + p->offset;
+    const size_t lo = begin > p->offset ? begin : p->offset;
+    const size_t hi = end < p->offset + p->numel ? end : p->offset + p->numel;
+    if (lo >= hi) continue;
+    const size_t j0 = lo - p->offset, j1 = hi - p->offset;
+    float *w = host + (lo - begin) - j0; /* w[j] is element j of the tensor */
     uint64_t s = seed * 0x100000001B3ull + (uint64_t)i * 0x9E3779B97F4A7C15ull;
     if (p->is_norm_weight)
-      for (size_t j = 0; j < p->numel; j++) w[j] = 1.0f;
+      for (size_t j = j0; j < j1; j++) w[j] = 1.0f;
     else if (p->ndim == 1)
-      memset(w, 0, p->numel * sizeof(float));
-    else
-      for (size_t j = 0; j < p->numel; j++) w[j] = std * vl_rng_normal(&s);
+      for (size_t j = j0; j < j1; j++) w[j] = 0.0f;
+    else {
+      s += (uint64_t)(2 * j0) * 0x9E3779B97F4A7C15ull;
+      for (size_t j = j0; j < j1; j++) w[j] = std * vl_rng_normal(&s);
+    }
   }
 }
 
@@ -74,6 +87,13 @@ typedef struct {
 #define VL_LOAD_CHUNK ((size_t)1 << 22) /* elements per piece: 16 MB of fp32 */
 
 int vl_weights_load(const vl_model *m, const char *path, float *host, int allow_unexpected) {
+  return vl_weights_load_range(m, path, host, 0, m->n_elements, allow_unexpected);
+}
+
+int vl_weights_load_range(const vl_model *m, const char *path, float *host, size_t begin, size_t end,
+                          int allow_unexpected) {
+  if (begin > end || end > m->n_elements)
+    VL_ERROR(VL_EINVAL, "weights: range [%zu, %zu) outside the model's %zu elements", begin, end, m->n_elements);
   vl_safetensors *st = NULL;
   VL_CALL(vl_st_open(&st, path));
   int rc = VL_OK, missing = 0, misshaped = 0, unexpected = 0;
@@ -110,7 +130,6 @@ int vl_weights_load(const vl_model *m, const char *path, float *host, int allow_
       continue;
     }
     found[i] = t;
-    n_chunks += (p->numel + VL_LOAD_CHUNK - 1) / VL_LOAD_CHUNK;
   }
   for (size_t k = 0; k < vl_st_count(st); k++) {
     const char *name = vl_st_tensor_name(vl_st_at(st, k));
@@ -131,14 +150,24 @@ int vl_weights_load(const vl_model *m, const char *path, float *host, int allow_
                   misshaped, misshaped ? " (first: " : "", first_bad, misshaped ? ")" : "",
                   allow_unexpected ? 0 : unexpected, unexpected && !allow_unexpected ? " (first: " : "",
                   allow_unexpected ? "" : first_extra, unexpected && !allow_unexpected ? ")" : "");
-  chunks = malloc((n_chunks ? n_chunks : 1) * sizeof *chunks);
-  if (!chunks) VL_ERROR_GOTO(rc, done, VL_ENOMEM, "weights: out of memory");
-  size_t c = 0;
-  for (int i = 0; i < m->n_params; i++)
-    for (size_t b = 0; b < m->params[i].numel; b += VL_LOAD_CHUNK) {
-      size_t e = b + VL_LOAD_CHUNK < m->params[i].numel ? b + VL_LOAD_CHUNK : m->params[i].numel;
-      chunks[c++] = (load_chunk){i, b, e};
+  /* the pieces of the tensors' parts inside [begin, end) */
+  for (int pass = 0; pass < 2; pass++) {
+    size_t c = 0;
+    for (int i = 0; i < m->n_params; i++) {
+      const vl_param *p = &m->params[i];
+      const size_t lo = begin > p->offset ? begin : p->offset;
+      const size_t hi = end < p->offset + p->numel ? end : p->offset + p->numel;
+      for (size_t b = lo; b < hi; b += VL_LOAD_CHUNK) {
+        if (pass) chunks[c] = (load_chunk){i, b - p->offset, (b + VL_LOAD_CHUNK < hi ? b + VL_LOAD_CHUNK : hi) - p->offset};
+        c++;
+      }
     }
+    if (!pass) {
+      n_chunks = c;
+      chunks = malloc((n_chunks ? n_chunks : 1) * sizeof *chunks);
+      if (!chunks) VL_ERROR_GOTO(rc, done, VL_ENOMEM, "weights: out of memory");
+    }
+  }
   /* The map's pages fault in from many threads at once: parallel reads. */
   int bad = 0;
 #pragma omp parallel for schedule(dynamic, 1) reduction(| : bad)
@@ -146,7 +175,7 @@ int vl_weights_load(const vl_model *m, const char *path, float *host, int allow_
     const load_chunk *ch = &chunks[k];
     const vl_param *p = &m->params[ch->param];
     const vl_st_tensor *t = found[ch->param];
-    float *dst = host + p->offset + ch->begin;
+    float *dst = host + (p->offset + ch->begin - begin);
     const size_t n = ch->end - ch->begin;
     const unsigned char *src = vl_st_tensor_data(t);
     switch (vl_st_tensor_dtype(t)) {
@@ -161,9 +190,13 @@ int vl_weights_load(const vl_model *m, const char *path, float *host, int allow_
       }
       break;
     }
-    default: /* F16, F64: rare; whole tensor, once */
-      if (ch->begin == 0) bad |= vl_st_read_f32(t, host + p->offset, p->numel) != VL_OK;
+    default: { /* F16, F64: rare; the whole tensor converted, this piece kept */
+      float *tmp = malloc(p->numel * sizeof(float));
+      bad |= !tmp || vl_st_read_f32(t, tmp, p->numel) != VL_OK;
+      if (tmp) memcpy(dst, tmp + ch->begin, n * sizeof(float));
+      free(tmp);
       break;
+    }
     }
   }
   if (bad) VL_ERROR_GOTO(rc, done, VL_EIO, "%s: converting a tensor failed", path);

@@ -1,13 +1,17 @@
-/* test_weights_legacy: a checkpoint saved with transformers 4's tensor names
+/* test_weights: (1) a checkpoint saved with transformers 4's tensor names
  * (the published Qwen2-VL folders: "visual.*", "model.layers.*") loads into
  * the transformers 5 table bitwise, as transformers itself renames on load;
- * the same file with a tensor missing is refused naming it by our name. */
+ * the same file with a tensor missing is refused naming it by our name.
+ * (2) a rank's ZeRO-1 shard, read (vl_weights_load_range) or drawn
+ * (vl_weights_init_random_range) alone, equals that slice of the whole, bit
+ * for bit, for shard boundaries inside and between tensors. */
 #include <stdint.h>
 #include <unistd.h>
 
 #include "config.h"
 #include "err.h"
 #include "model.h"
+#include "optim.h"
 #include "safetensors.h"
 #include "test_util.h"
 #include "weights.h"
@@ -79,6 +83,37 @@ int main(void) {
   CHECK(rc == VL_ESHAPE, "missing tensor accepted (rc %d)", rc);
   CHECK(strstr(vl_err_last(), m.params[victim].name) != NULL, "error does not name %s: %s",
         m.params[victim].name, vl_err_last());
+  /* (2) ranges: the shards of 1..7 ranks and a few odd ranges */
+  CHECK(write_legacy(&m, w, file, -1) == VL_OK, "write: %s", vl_err_last());
+  float *ref = malloc(m.n_elements * sizeof *ref), *part = malloc(m.n_elements * sizeof *part);
+  vl_weights_init_random(&m, ref, 11, 0.02f);
+  int bad_init = 0, bad_load = 0, ranges = 0;
+  for (int world = 1; world <= 7; world++)
+    for (int r = 0; r <= world; r++) {
+      size_t b, e;
+      if (r < world) {
+        size_t mine;
+        vl_optim_shard_range(m.n_elements, world, r, &b, &mine);
+        e = b + mine;
+      } else { /* an odd range: from inside one tensor to inside another */
+        b = m.n_elements / (size_t)(world + 2) + 3;
+        e = m.n_elements - (size_t)world * 7;
+      }
+      memset(part, 0xff, m.n_elements * sizeof *part);
+      vl_weights_init_random_range(&m, part, b, e, 11, 0.02f);
+      bad_init += memcmp(part, ref + b, (e - b) * sizeof *part) != 0;
+      memset(part, 0xff, m.n_elements * sizeof *part);
+      CHECK(vl_weights_load_range(&m, file, part, b, e, 0) == VL_OK, "load [%zu, %zu): %s", b, e, vl_err_last());
+      bad_load += memcmp(part, w + b, (e - b) * sizeof *part) != 0;
+      ranges++;
+    }
+  CHECK(bad_init == 0, "%d of %d ranges of the random initialisation differ from the whole's slice", bad_init, ranges);
+  CHECK(bad_load == 0, "%d of %d loaded ranges differ from the whole's slice", bad_load, ranges);
+  vl_err_set_quiet(1);
+  CHECK(vl_weights_load_range(&m, file, part, 5, m.n_elements + 1, 0) == VL_EINVAL, "range past the end refused");
+  vl_err_set_quiet(0);
+  free(ref);
+  free(part);
   unlink(file);
   free(w);
   free(back);
