@@ -17,6 +17,7 @@
 #include <stdlib.h>
 
 #include "cuda_common.h"
+#include "attention_cudnn.h"
 
 #define B2F(x) __bfloat162float(x)
 #define F2B(x) __float2bfloat16(x)
@@ -1118,7 +1119,7 @@ static int flash_deterministic(void) {
   return env && atoi(env) != 0;
 }
 
-/* Which path a call of these shapes takes: "flash", "gemm" or "cores"
+/* Which path a call of these shapes takes: "cudnn", "flash", "gemm" or "cores"
  * (benchmarks and tests print it). */
 extern "C" const char *vl_cuda_attention_path(const int32_t *seg_host, int nseg, int hd);
 
@@ -1138,6 +1139,9 @@ static int cu_attn_forward(vl_ops *o, vl_t *out, float *lse, const vl_t *qkv, co
                            float scale, int causal) {
   VL_CALL(check_att("attention_forward", seg, seg_host, nseg, T, nh, nkv, hd));
   if (T == 0 || nseg == 0) return VL_OK;
+  if (vl_cudnn_attn_wanted(hd, out, qkv, qkv, out))
+    return vl_cudnn_attn_forward(o, (bf16 *)out, lse, (const bf16 *)qkv, seg_host, nseg, T, nh, nkv,
+                                 hd, scale, causal);
   switch (use_flash(hd, out, qkv, qkv, out)) {
   case 16: return flash::forward<16>(o, (bf16 *)out, lse, (const bf16 *)qkv, seg, seg_host, nseg, T, nh, nkv, hd, scale, causal);
   case 32: return flash::forward<32>(o, (bf16 *)out, lse, (const bf16 *)qkv, seg, seg_host, nseg, T, nh, nkv, hd, scale, causal);
@@ -1165,6 +1169,9 @@ static int cu_attn_backward(vl_ops *o, vl_t *dqkv, const vl_t *dout, const vl_t 
                             float scale, int causal) {
   VL_CALL(check_att("attention_backward", seg, seg_host, nseg, T, nh, nkv, hd));
   if (T == 0 || nseg == 0 || !dqkv) return VL_OK;
+  if (vl_cudnn_attn_wanted(hd, dqkv, dout, qkv, out))
+    return vl_cudnn_attn_backward(o, (bf16 *)dqkv, (const bf16 *)dout, (const bf16 *)out, lse,
+                                  (const bf16 *)qkv, seg_host, nseg, T, nh, nkv, hd, scale, causal);
   vl_cuda_ctx *c = vl_ctx(o);
   float *D;
   VL_CALL(vl_cuda_scratch(o, VL_SCRATCH_B, (size_t)T * nh * sizeof(float), (void **)&D));
@@ -1207,8 +1214,17 @@ static int cu_attn_backward(vl_ops *o, vl_t *dqkv, const vl_t *dout, const vl_t 
 
 extern "C" const char *vl_cuda_attention_path(const int32_t *seg_host, int nseg, int hd) {
   static const char probe[16] __attribute__((aligned(16))) = {0};
+  if (vl_cudnn_attn_wanted(hd, probe, probe, probe, probe)) return "cudnn";
   if (use_flash(hd, probe, probe, probe, probe)) return "flash";
   return use_gemm_path(seg_host, nseg, hd) ? "gemm" : "cores";
+}
+
+extern "C" const char *vl_ops_cuda_attention_engine(void) {
+  static char text[64];
+  const long v = vl_cudnn_version();
+  if (!vl_cudnn_attn_compiled()) return "own flash kernels (built without cuDNN)";
+  snprintf(text, sizeof text, "cuDNN %ld.%ld.%ld fused attention", v / 10000, v / 100 % 100, v % 100);
+  return text;
 }
 
 void vl_cuda_register_attention(vl_ops *o) {

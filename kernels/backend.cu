@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "cuda_common.h"
+#include "attention_cudnn.h"
 
 int vl_cuda_scratch(vl_ops *o, int which, size_t bytes, void **out) {
   vl_cuda_ctx *c = vl_ctx(o);
@@ -211,6 +212,7 @@ static int cu_destroy(vl_ops *o) {
       free(c->timers);
     }
     vl_cuda_gemm_plans_free();
+    vl_cudnn_attn_free();
     if (c->lt_workspace) cudaFree(c->lt_workspace);
     if (c->lt) cublasLtDestroy(c->lt);
     if (c->stream) cudaStreamDestroy(c->stream);

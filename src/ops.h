@@ -233,6 +233,11 @@ int vl_ops_cpu_create(vl_ops **out);
 /* The CUDA backend on the current device (kernels/); VL_ENOTSUP when built
  * without CUDA. */
 int vl_ops_cuda_create(vl_ops **out, int device);
+/* The CUDA backend's attention engine, for the start-up report: "cuDNN
+ * 9.19.0 fused attention" when built with cuDNN (the default path for
+ * head_dim % 8 == 0 up to 128), else "own flash kernels (built without
+ * cuDNN)". */
+const char *vl_ops_cuda_attention_engine(void);
 /* Frees the table and its backend state. */
 int vl_ops_destroy(vl_ops *o);
 

@@ -58,9 +58,9 @@ static void versions(const vl_comm *comm, char *buf, size_t n) {
     if (ncclGetVersion(&nccl) != ncclSuccess) nccl = -1;
     size_t lt = cublasLtGetVersion();
     snprintf(buf, n, "backend cuda (bf16), CUDA runtime %d.%d, driver supports CUDA %d.%d, "
-             "cuBLASLt %zu.%zu.%zu, NCCL %d.%d.%d, %.100s", rt / 1000, rt % 1000 / 10, drv / 1000,
-             drv % 1000 / 10, lt / 10000, lt / 100 % 100, lt % 100, nccl / 10000, nccl / 100 % 100,
-             nccl % 100, mpi);
+             "cuBLASLt %zu.%zu.%zu, NCCL %d.%d.%d, attention %s, %.100s", rt / 1000, rt % 1000 / 10,
+             drv / 1000, drv % 1000 / 10, lt / 10000, lt / 100 % 100, lt % 100, nccl / 10000,
+             nccl / 100 % 100, nccl % 100, vl_ops_cuda_attention_engine(), mpi);
     return;
   }
 #endif
@@ -69,7 +69,7 @@ static void versions(const vl_comm *comm, char *buf, size_t n) {
 
 /* Rank 0 prints rank 0's software line and which ranks differ from it. */
 static int print_versions(const vl_comm *comm) {
-  enum { LINE = 256 };
+  enum { LINE = 384 };
   char mine[LINE];
   memset(mine, 0, sizeof mine);
   versions(comm, mine, sizeof mine);

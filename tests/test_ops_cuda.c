@@ -227,6 +227,7 @@ static void test_rope(int T, int nh, int nkv, int hd, int norms) {
 /* the CUDA backend's attention path for a shape (kernels/attention.cu);
  * weak, since builds without CUDA have no such symbol */
 const char *vl_cuda_attention_path(const int32_t *seg_host, int nseg, int hd) __attribute__((weak));
+void vl_cudnn_attn_plan_stats(int *n_plans, double *build_s) __attribute__((weak));
 static const char *att_path(const int32_t *seg, int nseg, int hd) {
   return vl_cuda_attention_path ? vl_cuda_attention_path(seg, nseg, hd) : "?";
 }
@@ -530,17 +531,22 @@ static void bench_attention_shape(const char *name, int T, int nh, int nkv, int 
   const double pairs = causal ? 0.5 * T * (T + 1.0) : (double)T * T;
   const double ffwd = 4.0 * nh * hd * pairs, fbwd = 2.5 * ffwd;
   const float sc = 1.0f / sqrtf((float)hd);
-  enum { NP = 4 };
+  enum { NP = 5 };
   float *oh[NP], *gh[NP]; /* out, and dqkv from one backward on zeros */
   for (int k = 0; k < NP; k++) oh[k] = malloc((size_t)T * nh * hd * 4), gh[k] = malloc(T * W * 4);
   /* the flash path (one-pass backward, a block per q head with GQA); the
    * same with a block per kv head (VL_ATTENTION_HEADSPLIT=0); the two-pass
    * deterministic backward (VL_ATTENTION_DETERMINISTIC=1, the flash path
    * before the one-pass form); the older path (VL_ATTENTION_FLASH=0) */
-  static const char *const pname[NP] = {"flash", "flash-kvh", "flash2", NULL};
+  static const char *const pname[NP] = {"cudnn", "flash", "flash-kvh", "flash2", NULL};
   for (int path = 0; path < NP; path++) {
-    if (path == 1) setenv("VL_ATTENTION_HEADSPLIT", "0", 1);
-    if (path == 2) setenv("VL_ATTENTION_DETERMINISTIC", "1", 1);
+    if (path == 0 && strcmp(att_path(seg, 1, hd), "cudnn")) {
+      printf("bench %-7s cudnn      not taken (built without cuDNN or VL_ATTENTION_CUDNN=0)\n", name);
+      continue;
+    }
+    if (path >= 1) setenv("VL_ATTENTION_CUDNN", "0", 1);
+    if (path == 2) setenv("VL_ATTENTION_HEADSPLIT", "0", 1);
+    if (path == 3) setenv("VL_ATTENTION_DETERMINISTIC", "1", 1);
     if (path == NP - 1) setenv("VL_ATTENTION_FLASH", "0", 1);
     const char *pn = pname[path] ? pname[path] : att_path(seg, 1, hd);
     double tf[20], tb[20];
@@ -568,7 +574,7 @@ static void bench_attention_shape(const char *name, int T, int nh, int nkv, int 
       gpu->get(gpu, g2, dx, T * W);
       const int same = memcmp(g2, gh[path], T * W * 4) == 0;
       printf("bench %-7s %-10s backward twice: %s\n", name, pn, same ? "bitwise equal" : "differs (fp32 reduction order)");
-      if (path == 2) CHECK(same, "bench %s: the deterministic backward is not repeatable", name);
+      if (path == 3) CHECK(same, "bench %s: the deterministic backward is not repeatable", name);
       free(g2);
     }
     qsort(tf, 20, sizeof(double), cmp_double);
@@ -580,7 +586,8 @@ static void bench_attention_shape(const char *name, int T, int nh, int nkv, int 
     unsetenv("VL_ATTENTION_DETERMINISTIC");
     unsetenv("VL_ATTENTION_HEADSPLIT");
   }
-  for (int k = 0; k < NP - 1; k++) {
+  unsetenv("VL_ATTENTION_CUDNN");
+  for (int k = strcmp(att_path(seg, 1, hd), "cudnn") ? 1 : 0; k < NP - 1; k++) {
     double e = rel_err_f32(oh[k], oh[NP - 1], (size_t)T * nh * hd);
     double eg = rel_err_f32(gh[k], gh[NP - 1], T * W);
     printf("bench %-7s %s vs the older path: relative difference out %.2e, dqkv %.2e\n", name, pname[k], e, eg);
@@ -837,6 +844,28 @@ int main(void) {
   test_attention_partial(1, 0);
   test_attention_partial(2, 1);
   test_attention_partial(2, 0);
+  /* With cuDNN built in, the calls above without a path switch took cuDNN's
+   * fused attention (the default); the own flash kernels on the same shapes: */
+  setenv("VL_ATTENTION_CUDNN", "0", 1);
+  test_attention(3000, 1, 8, 2, 128, 1);
+  test_attention(2500, 1, 4, 4, 72, 0);
+  test_attention(2000, 5, 8, 2, 72, 1);
+  test_attention(777, 4, 4, 1, 128, 0);
+  test_attention(129, 3, 2, 1, 8, 1);
+  test_attention(200, 2, 4, 2, 40, 0);
+  test_attention(1024, 1, 32, 8, 128, 1);
+  test_attention_partial(2, 1);
+  test_attention_partial(2, 0);
+  unsetenv("VL_ATTENTION_CUDNN");
+  if (vl_cudnn_attn_plan_stats) { /* plan reuse: lengths seen before build no new plan */
+    int n0, n1;
+    double s0, s1;
+    vl_cudnn_attn_plan_stats(&n0, &s0);
+    test_attention(2000, 5, 8, 2, 72, 1);
+    vl_cudnn_attn_plan_stats(&n1, &s1);
+    printf("cuDNN attention plans: %d built in %.2f s (%.1f ms each)\n", n1, s1, n1 ? 1e3 * s1 / n1 : 0.0);
+    CHECK(n1 == n0, "the same shapes built %d new cuDNN plans", n1 - n0);
+  }
   test_rope(37, 2, 1, 256, 1);
   test_loss(37, 32, 384);
   test_loss(1100, 64, 5003); /* more rows than one chunk (1,024) */
