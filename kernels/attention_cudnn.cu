@@ -322,7 +322,7 @@ struct plan_entry {
   unsigned long last_use;
 };
 
-enum { MAX_PLANS = 128 };
+enum { MAX_PLANS = 512 };
 static cudnnHandle_t g_handle;
 static int g_device = -1;
 static plan_entry *g_plans[MAX_PLANS];
@@ -494,6 +494,37 @@ int vl_cudnn_attn_wanted(int hd, const void *a, const void *b, const void *c, co
   return 1;
 }
 
+/* Causal segments run at their length rounded up to a bucket, so that a
+ * dataset of many text lengths builds a bounded number of plans (each takes
+ * ~0.1 s).  This is exact: the segment's rows are copied into a staging
+ * buffer whose extra rows are zero (q, k, v, out, dout) with statistics 0;
+ * a real row i < L attends to keys j <= i < L only, and the extra rows add
+ * nothing to dK, dV (their dout is zero, so P^T dO and dS vanish).
+ * Bidirectional segments (images) run at their exact length.
+ * VL_ATTENTION_CUDNN_BUCKET=N sets the bucket (default 128; 1 = exact). */
+static int bucket_rows(int L, int causal) {
+  if (!causal) return L;
+  const char *env = getenv("VL_ATTENTION_CUDNN_BUCKET");
+  const int bucket = env && atoi(env) > 0 ? atoi(env) : 128;
+  return (L + bucket - 1) / bucket * bucket;
+}
+
+/* dst (Lp rows of width w) = src's L rows (row stride lds), rows L.. zero */
+static int stage_rows(vl_cuda_ctx *c, bf16 *dst, const bf16 *src, int64_t lds, int L, int Lp, int64_t w) {
+  CUDA_CHECK(cudaMemcpy2DAsync(dst, (size_t)w * sizeof(bf16), src, (size_t)lds * sizeof(bf16),
+                               (size_t)w * sizeof(bf16), (size_t)L, cudaMemcpyDeviceToDevice, c->stream));
+  if (Lp > L)
+    CUDA_CHECK(cudaMemsetAsync(dst + (size_t)L * w, 0, (size_t)(Lp - L) * w * sizeof(bf16), c->stream));
+  return VL_OK;
+}
+
+/* 256-byte aligned carving of one scratch buffer */
+static size_t carve(size_t *off, size_t bytes) {
+  const size_t at = *off;
+  *off = (at + bytes + 255) & ~(size_t)255;
+  return at;
+}
+
 int vl_cudnn_attn_forward(vl_ops *o, bf16 *out, float *lse, const bf16 *qkv,
                           const int32_t *seg_host, int nseg, int T, int nh, int nkv, int hd,
                           float scale, int causal) {
@@ -504,21 +535,36 @@ int vl_cudnn_attn_forward(vl_ops *o, bf16 *out, float *lse, const bf16 *qkv,
   for (int s = 0; s < nseg; s++) {
     const int r0 = seg_host[s], L = seg_host[s + 1] - seg_host[s];
     if (L <= 0) continue;
-    shape_key k = {0, L, nh, nkv, hd, causal, ld, ldo};
+    const int Lp = bucket_rows(L, causal);
+    const int padded = Lp != L;
+    shape_key k = {0, Lp, nh, nkv, hd, causal, ld, ldo};
     plan_entry *e;
     VL_CALL(plan_for(&k, &e));
-    /* the statistics of one segment are (nh, L) packed; lse is (nh, T) */
-    float *stats = lse + r0;
-    const int packed = (L == T);
-    if (!packed) VL_CALL(vl_cuda_scratch(o, VL_SCRATCH_B, (size_t)nh * L * sizeof(float), (void **)&stats));
     const bf16 *x = qkv + (size_t)r0 * ld;
+    bf16 *o_rows = out + (size_t)r0 * ldo;
+    float *stats = lse + r0;
+    const int stats_direct = (L == T && !padded);
+    char *b;
+    size_t off = 0, at_st = carve(&off, (size_t)nh * Lp * sizeof(float));
+    size_t at_x = padded ? carve(&off, (size_t)Lp * ld * sizeof(bf16)) : 0;
+    size_t at_o = padded ? carve(&off, (size_t)Lp * ldo * sizeof(bf16)) : 0;
+    VL_CALL(vl_cuda_scratch(o, VL_SCRATCH_B, off, (void **)&b));
+    if (!stats_direct) stats = (float *)(b + at_st);
+    if (padded) {
+      VL_CALL(stage_rows(c, (bf16 *)(b + at_x), x, ld, L, Lp, ld));
+      x = (const bf16 *)(b + at_x);
+      o_rows = (bf16 *)(b + at_o);
+    }
     int64_t u[7] = {UID_Q, UID_K, UID_V, UID_O, UID_STATS, UID_SCALE, UID_NEG_INF};
     void *p[7] = {(void *)x, (void *)(x + (size_t)nh * hd), (void *)(x + (size_t)(nh + nkv) * hd),
-                  (void *)(out + (size_t)r0 * ldo), stats, &scale, &neg_inf};
-    const int n = causal ? 7 : 6;
-    VL_CALL(execute(o, e, n, u, p));
-    if (!packed)
-      CUDA_CHECK(cudaMemcpy2DAsync(lse + r0, (size_t)T * sizeof(float), stats, (size_t)L * sizeof(float),
+                  o_rows, stats, &scale, &neg_inf};
+    VL_CALL(execute(o, e, causal ? 7 : 6, u, p));
+    if (padded)
+      CUDA_CHECK(cudaMemcpy2DAsync(out + (size_t)r0 * ldo, (size_t)ldo * sizeof(bf16), o_rows,
+                                   (size_t)ldo * sizeof(bf16), (size_t)ldo * sizeof(bf16), (size_t)L,
+                                   cudaMemcpyDeviceToDevice, c->stream));
+    if (!stats_direct)
+      CUDA_CHECK(cudaMemcpy2DAsync(lse + r0, (size_t)T * sizeof(float), stats, (size_t)Lp * sizeof(float),
                                    (size_t)L * sizeof(float), (size_t)nh, cudaMemcpyDeviceToDevice, c->stream));
   }
   return VL_OK;
@@ -534,31 +580,50 @@ int vl_cudnn_attn_backward(vl_ops *o, bf16 *dqkv, const bf16 *dout, const bf16 *
   for (int s = 0; s < nseg; s++) {
     const int r0 = seg_host[s], L = seg_host[s + 1] - seg_host[s];
     if (L <= 0) continue;
-    shape_key k = {1, L, nh, nkv, hd, causal, ld, ldo};
+    const int Lp = bucket_rows(L, causal);
+    const int padded = Lp != L;
+    shape_key k = {1, Lp, nh, nkv, hd, causal, ld, ldo};
     plan_entry *e;
     VL_CALL(plan_for(&k, &e));
-    /* scratch B: stats (nh, L) | Dsum (nh, L) | dQ accumulator (nh, L, hd) fp32;
-     * scratch C: the segment's dq|dk|dv rows (L, ld) bf16, added into dqkv */
-    const size_t nst = (size_t)nh * L, nacc = (size_t)nh * L * hd;
-    float *b;
+    /* scratch B: stats | Dsum (nh, Lp) | dQ accumulator (nh, Lp, hd) fp32 |
+     * (padded) staged q|k|v, out, dout; scratch C: the segment's dq|dk|dv
+     * rows (Lp, ld) bf16, then added into dqkv (ops.h: +=) */
+    const size_t nst = (size_t)nh * Lp, nacc = (size_t)nh * Lp * hd;
+    size_t off = 0;
+    const size_t at_st = carve(&off, nst * sizeof(float)), at_ds = carve(&off, nst * sizeof(float));
+    const size_t at_acc = carve(&off, nacc * sizeof(float));
+    const size_t at_x = padded ? carve(&off, (size_t)Lp * ld * sizeof(bf16)) : 0;
+    const size_t at_o = padded ? carve(&off, (size_t)Lp * ldo * sizeof(bf16)) : 0;
+    const size_t at_do = padded ? carve(&off, (size_t)Lp * ldo * sizeof(bf16)) : 0;
+    char *b;
     bf16 *grad;
-    VL_CALL(vl_cuda_scratch(o, VL_SCRATCH_B, (2 * nst + nacc) * sizeof(float) + 256, (void **)&b));
-    VL_CALL(vl_cuda_scratch(o, VL_SCRATCH_C, (size_t)L * ld * sizeof(bf16), (void **)&grad));
-    float *stats = b, *dsum = b + nst, *acc = b + ((2 * nst + 63) & ~(size_t)63);
-    if (L == T) stats = (float *)lse;
-    else
-      CUDA_CHECK(cudaMemcpy2DAsync(stats, (size_t)L * sizeof(float), lse + r0, (size_t)T * sizeof(float),
+    VL_CALL(vl_cuda_scratch(o, VL_SCRATCH_B, off, (void **)&b));
+    VL_CALL(vl_cuda_scratch(o, VL_SCRATCH_C, (size_t)Lp * ld * sizeof(bf16), (void **)&grad));
+    float *stats = (float *)(b + at_st), *dsum = (float *)(b + at_ds), *acc = (float *)(b + at_acc);
+    const bf16 *x = qkv + (size_t)r0 * ld, *o_rows = out + (size_t)r0 * ldo,
+               *do_rows = dout + (size_t)r0 * ldo;
+    if (L == T && !padded) stats = (float *)lse;
+    else {
+      if (padded) CUDA_CHECK(cudaMemsetAsync(stats, 0, nst * sizeof(float), c->stream));
+      CUDA_CHECK(cudaMemcpy2DAsync(stats, (size_t)Lp * sizeof(float), lse + r0, (size_t)T * sizeof(float),
                                    (size_t)L * sizeof(float), (size_t)nh, cudaMemcpyDeviceToDevice, c->stream));
+    }
+    if (padded) {
+      VL_CALL(stage_rows(c, (bf16 *)(b + at_x), x, ld, L, Lp, ld));
+      VL_CALL(stage_rows(c, (bf16 *)(b + at_o), o_rows, ldo, L, Lp, ldo));
+      VL_CALL(stage_rows(c, (bf16 *)(b + at_do), do_rows, ldo, L, Lp, ldo));
+      x = (const bf16 *)(b + at_x);
+      o_rows = (const bf16 *)(b + at_o);
+      do_rows = (const bf16 *)(b + at_do);
+    }
     CUDA_CHECK(cudaMemsetAsync(acc, 0, nacc * sizeof(float), c->stream));
-    const bf16 *x = qkv + (size_t)r0 * ld;
-    int64_t u[15] = {UID_Q, UID_K, UID_V, UID_O, UID_DO, UID_STATS, UID_DQ, UID_DK, UID_DV,
+    int64_t u[14] = {UID_Q, UID_K, UID_V, UID_O, UID_DO, UID_STATS, UID_DQ, UID_DK, UID_DV,
                      UID_DSUM, UID_DQ_ACC, UID_SCALE, UID_ONE, UID_NEG_INF};
-    void *p[15] = {(void *)x, (void *)(x + (size_t)nh * hd), (void *)(x + (size_t)(nh + nkv) * hd),
-                   (void *)(out + (size_t)r0 * ldo), (void *)(dout + (size_t)r0 * ldo), stats,
-                   grad, grad + (size_t)nh * hd, grad + (size_t)(nh + nkv) * hd, dsum, acc,
-                   &scale, &one, &neg_inf};
+    void *p[14] = {(void *)x, (void *)(x + (size_t)nh * hd), (void *)(x + (size_t)(nh + nkv) * hd),
+                   (void *)o_rows, (void *)do_rows, stats, grad, grad + (size_t)nh * hd,
+                   grad + (size_t)(nh + nkv) * hd, dsum, acc, &scale, &one, &neg_inf};
     VL_CALL(execute(o, e, causal ? 14 : 13, u, p));
-    const size_t n = (size_t)L * ld;
+    const size_t n = (size_t)L * ld; /* the real rows only */
     k_add_rows<<<vl_blocks(n, 256), 256, 0, c->stream>>>(dqkv + (size_t)r0 * ld, grad, n);
     LAUNCH_CHECK("attention_cudnn add_rows");
   }

@@ -9,8 +9,11 @@
  * (kernels/attention.cu), the argument checks (same there).
  *
  * Layout: qkv rows [q heads | k heads | v heads] (ops.h) are read in place
- * through strides; each segment is one batch-1 problem of its own length
- * (a plan per distinct (length, heads, head_dim, causal)).  lse (nh, T) is
+ * through strides; each segment is one batch-1 problem: bidirectional ones
+ * (images) at their own length, causal ones (text) at their length rounded
+ * up to a bucket of 128 rows through a zero-padded staging copy (exact; see
+ * bucket_rows), so that varied text lengths build few plans.  A plan per
+ * distinct (rows, heads, head_dim, causal), ~0.1 s to build, LRU-cached.  lse (nh, T) is
  * cuDNN's softmax statistic (max + log sum exp of the scaled scores, the
  * same quantity the own kernels store).  The backward writes dQ, dK, dV of
  * a segment into a scratch and adds them into dqkv (ops.h: +=).
