@@ -167,6 +167,7 @@ int vl_optim_step(vl_optim *o, vl_graph *g, int force_skip, vl_optim_stats *st) 
   if (o->ovl_graph) o->ovl_graph->grad_ready = NULL; /* disarm */
   o->ovl_graph = NULL;
   const int overlapped = o->ovl_n;
+  if (overlapped) o->overlapped_steps++;
   if (overlapped && detail) {
     o->ovl_n = 0;
     VL_ERROR(VL_EINVAL, "gradient statistics were asked for a step whose gradients were "

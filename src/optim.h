@@ -55,6 +55,7 @@ typedef struct {
   vl_graph *ovl_graph;
   size_t (*ovl_done)[2];
   int ovl_n, ovl_cap;
+  int overlapped_steps;            /* steps whose buckets were reduced during the backward */
 } vl_optim;
 
 typedef struct {
