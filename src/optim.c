@@ -185,12 +185,11 @@ int vl_optim_step(vl_optim *o, vl_graph *g, int force_skip, vl_optim_stats *st) 
   }
   /* gradients: summed over ranks, in place, each rank keeping its shard */
   VL_CALL(ops->sync(ops));
-  if (o->comm->size > 1) {
-    int rrc = reduce_grads(o, g);
-    o->ovl_n = 0;
+  {
+    int rrc = o->comm->size > 1 ? reduce_grads(o, g) : VL_OK;
+    o->ovl_n = 0; /* the next step starts unarmed, also after a failure */
     VL_CALL(rrc);
   }
-  o->ovl_n = 0;
   vl_t *grad_shard = (char *)g->grads + o->begin * el;
   vl_t *out_shard = (char *)g->params + o->begin * el;
   /* global norm from the shards */
