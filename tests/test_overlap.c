@@ -20,7 +20,8 @@
  *  - gradient statistics (per-rank local norms, per-tensor norms, global
  *    norm) through vl_train_run every 2 steps are unchanged by the overlap.
  * VL_TEST_BACKEND=cuda runs the same on GPUs (NCCL; bf16 limits, no
- * bitwise claims between runs). */
+ * bitwise claims between runs); with VL_TEST_SHARED_GPU=1 too, ranks may
+ * share a GPU (run.allow_shared_gpu: the staged path through host memory). */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -416,7 +417,8 @@ int main(int argc, char **argv) {
   vl_model m;
   if (vl_model_build(&m, &cfg.model)) return 1;
   vl_comm c;
-  if (vl_comm_init(&c, on_gpu ? VL_BACKEND_CUDA : VL_BACKEND_CPU, 0, 60)) {
+  const char *shared = getenv("VL_TEST_SHARED_GPU");
+  if (vl_comm_init(&c, on_gpu ? VL_BACKEND_CUDA : VL_BACKEND_CPU, shared && !strcmp(shared, "1"), 60)) {
     fprintf(stderr, "comm: %s\n", vl_err_last());
     return on_gpu ? 77 : 1;
   }
