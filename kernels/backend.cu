@@ -145,6 +145,8 @@ static int cu_put_async(vl_ops *o, vl_t *d, const float *s, size_t n) {
   LAUNCH_CHECK("f32_to_bf16");
   return VL_OK;
 }
+static void *cu_compute_stream(vl_ops *o) { return (void *)vl_ctx(o)->stream; }
+
 static int cu_fence_record(vl_ops *o, int i) {
   vl_cuda_ctx *c = vl_ctx(o);
   if (i < 0 || i >= VL_OPS_FENCES) VL_ERROR(VL_EINVAL, "fence %d of %d", i, VL_OPS_FENCES);
@@ -267,6 +269,7 @@ extern "C" int vl_ops_cuda_create(vl_ops **out, int device) {
   o->get_raw_async = cu_get_raw_async;
   o->put_async = cu_put_async;
   o->fence_record = cu_fence_record;
+  o->compute_stream = cu_compute_stream;
   o->fence_wait = cu_fence_wait;
   o->timer_record = cu_timer_record;
   o->timer_ms = cu_timer_ms;

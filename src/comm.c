@@ -232,6 +232,9 @@ static int cuda_bind(vl_comm *c) {
   /* non-blocking: the comm stream must not serialise with the legacy stream */
   CUDA_CHECK(c, cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
   c->stream = s;
+  cudaEvent_t ev;
+  CUDA_CHECK(c, cudaEventCreateWithFlags(&ev, cudaEventDisableTiming));
+  c->event = ev;
   return VL_OK;
 }
 
@@ -345,13 +348,18 @@ static int release(vl_comm *c, int report) {
     if (r != ncclSuccess)
       rc = report ? nccl_fail(r, c, "ncclCommDestroy", __FILE__, __LINE__, __func__) : VL_ENCCL;
   }
+  if (c->event) {
+    cudaError_t e = cudaEventDestroy((cudaEvent_t)c->event);
+    if (e != cudaSuccess && !rc)
+      rc = report ? cuda_fail(e, c, "cudaEventDestroy", __FILE__, __LINE__, __func__) : VL_ECUDA;
+  }
   if (c->stream) {
     cudaError_t e = cudaStreamDestroy((cudaStream_t)c->stream);
     if (e != cudaSuccess && !rc)
       rc = report ? cuda_fail(e, c, "cudaStreamDestroy", __FILE__, __LINE__, __func__) : VL_ECUDA;
   }
 #endif
-  c->nccl = c->stream = NULL;
+  c->nccl = c->stream = c->event = NULL;
   /* 0 is never a valid handle: a zeroed vl_comm frees as a no-op */
   MPI_Comm *comms[2] = {&c->node, &c->world};
   for (int i = 0; i < 2; i++) {
@@ -471,6 +479,22 @@ static int mpi_collective_f32(vl_comm *c, coll_kind k, const float *send, float 
   return VL_OK;
 }
 
+/* Elements [a, b) of a block layout of n per rank, summed into their owners
+ * with one MPI_Reduce (in pieces) per owner; seg[0] is element a. */
+static int mpi_reduce_range_f32(vl_comm *c, float *seg, size_t a, size_t b, size_t n) {
+  for (size_t q = a / n; q < (size_t)c->size && q * n < b; q++) {
+    const size_t lo = q * n > a ? q * n : a, hi = (q + 1) * n < b ? (q + 1) * n : b;
+    const int mine = q == (size_t)c->rank;
+    for (size_t o = lo, k; o < hi; o += k) {
+      k = piece(c, hi - o);
+      float *p = seg + (o - a);
+      MPI_CHECK(c, MPI_Reduce(mine ? MPI_IN_PLACE : (const void *)p, mine ? p : NULL, (int)k,
+                              MPI_FLOAT, MPI_SUM, (int)q, c->world));
+    }
+  }
+  return VL_OK;
+}
+
 /* ---- CUDA: NCCL on the comm stream, or staged through host memory ------------- */
 
 #ifdef VL_HAVE_CUDA
@@ -546,6 +570,65 @@ static int nccl_enqueue(vl_comm *c, coll_kind k, vl_comm_dtype dt, const void *s
   return VL_OK;
 }
 
+/* Shared GPUs: [a, b) to the host as fp32, MPI_Reduce per owner, this
+ * rank's part of the sums back.  Synchronous (after the comm stream's
+ * earlier work, a vl_comm_wait_compute included). */
+static int staged_reduce_range(vl_comm *c, vl_comm_dtype dt, void *buf, size_t a, size_t b,
+                               size_t n) {
+  const size_t el = dt == VL_COMM_BF16 ? 2 : 4, len = b - a;
+  const size_t own_lo = (size_t)c->rank * n, own_hi = own_lo + n;
+  const size_t lo = own_lo > a ? own_lo : a, hi = own_hi < b ? own_hi : b;
+  float *h = NULL;
+  uint16_t *raw = NULL;
+  int rc = vl_malloc((void **)&h, len * sizeof(float), "staged range reduction (host copy)");
+  if (rc == VL_OK && el == 2)
+    rc = vl_malloc((void **)&raw, len * 2, "staged range reduction (bf16)");
+  if (rc == VL_OK) rc = staged_copy(c, el == 2 ? (void *)raw : (void *)h, (char *)buf + a * el,
+                                    len * el, cudaMemcpyDeviceToHost);
+  if (rc == VL_OK && el == 2)
+    for (size_t i = 0; i < len; i++) h[i] = bf16_to_f32(raw[i]);
+  if (rc == VL_OK) rc = mpi_reduce_range_f32(c, h, a, b, n);
+  if (rc == VL_OK && lo < hi) {
+    if (el == 2)
+      for (size_t i = lo; i < hi; i++) raw[i - a] = f32_to_bf16(h[i - a]);
+    const void *src = el == 2 ? (const void *)(raw + (lo - a)) : (const void *)(h + (lo - a));
+    rc = staged_copy(c, (char *)buf + lo * el, src, (hi - lo) * el, cudaMemcpyHostToDevice);
+  }
+  free(h);
+  free(raw);
+  VL_CALL(rc);
+  return VL_OK;
+}
+
+/* One ncclReduce (root q, in place) per owner q of a piece of [a, b), in
+ * one group; the group is closed whatever failed inside it. */
+static int nccl_reduce_range(vl_comm *c, vl_comm_dtype dt, void *buf, size_t a, size_t b,
+                             size_t n) {
+  if (!c->nccl)
+    VL_ERROR(VL_ENCCL, "rank %d (host %s): the NCCL communicator was aborted after an "
+             "earlier failure; no further collectives", c->rank, c->host);
+  const ncclDataType_t t = dt == VL_COMM_BF16 ? ncclBfloat16 : ncclFloat32;
+  const size_t el = dt == VL_COMM_BF16 ? 2 : 4;
+  ncclComm_t nc = (ncclComm_t)c->nccl;
+  cudaStream_t s = (cudaStream_t)c->stream;
+  const size_t q0 = a / n, q1 = (b - 1) / n;
+  snprintf(c->pending, sizeof c->pending, "reduce to owners of elements [%zu, %zu) (%s, ranks %zu-%zu)",
+           a, b, dt == VL_COMM_BF16 ? "bf16" : "fp32", q0, q1);
+  NCCL_CHECK(c, ncclGroupStart());
+  int rc = VL_OK;
+  for (size_t q = q0; q <= q1 && rc == VL_OK; q++) {
+    const size_t lo = q * n > a ? q * n : a, hi = (q + 1) * n < b ? (q + 1) * n : b;
+    char *p = (char *)buf + lo * el;
+    ncclResult_t r = ncclReduce(p, p, hi - lo, t, ncclSum, (int)q, nc, s);
+    if (r != ncclSuccess) rc = nccl_fail(r, c, "ncclReduce", __FILE__, __LINE__, __func__);
+  }
+  ncclResult_t r = ncclGroupEnd();
+  if (r != ncclSuccess && rc == VL_OK)
+    rc = nccl_fail(r, c, "ncclGroupEnd", __FILE__, __LINE__, __func__);
+  VL_CALL(rc);
+  return VL_OK;
+}
+
 static void abort_nccl(vl_comm *c) {
   if (c->nccl) ncclCommAbort((ncclComm_t)c->nccl);
   c->nccl = NULL;
@@ -605,6 +688,46 @@ int vl_comm_allgather_inplace(vl_comm *c, vl_comm_dtype dt, void *buf, size_t n_
   const size_t el = dt == VL_COMM_BF16 ? 2 : 4;
   char *mine = buf ? (char *)buf + (size_t)c->rank * n_per_rank * el : NULL;
   VL_CALL(collective(c, COLL_ALLGATHER, dt, mine, buf, n_per_rank));
+  return VL_OK;
+}
+
+int vl_comm_wait_compute(vl_comm *c, void *compute_stream) {
+#ifdef VL_HAVE_CUDA
+  if (c->backend != VL_BACKEND_CUDA || !compute_stream) return VL_OK;
+  if (!c->event || !c->stream)
+    VL_ERROR(VL_EINVAL, "rank %d (host %s): no communication stream to make wait", c->rank,
+             c->host);
+  CUDA_CHECK(c, cudaEventRecord((cudaEvent_t)c->event, (cudaStream_t)compute_stream));
+  CUDA_CHECK(c, cudaStreamWaitEvent((cudaStream_t)c->stream, (cudaEvent_t)c->event, 0));
+#else
+  (void)c, (void)compute_stream;
+#endif
+  return VL_OK;
+}
+
+int vl_comm_reduce_range_to_owners(vl_comm *c, vl_comm_dtype dt, void *buf, size_t a, size_t b,
+                                   size_t n_per_rank) {
+  const char *what = "reduce to owners";
+  if (dt != VL_COMM_F32 && dt != VL_COMM_BF16)
+    VL_ERROR(VL_EINVAL, "%s: unknown dtype %d", what, (int)dt);
+  if (dt == VL_COMM_BF16 && c->backend != VL_BACKEND_CUDA)
+    VL_ERROR(VL_ENOTSUP, "%s: bf16 collectives need the CUDA backend (the CPU backend "
+             "reduces fp32)", what);
+  if (n_per_rank == 0 || n_per_rank > SIZE_MAX / 4 / (size_t)c->size)
+    VL_ERROR(VL_EINVAL, "%s: %zu elements per rank x %d ranks", what, n_per_rank, c->size);
+  if (a > b || b > n_per_rank * (size_t)c->size)
+    VL_ERROR(VL_EINVAL, "%s: elements [%zu, %zu) outside the %d x %zu of the buffer", what, a,
+             b, c->size, n_per_rank);
+  if (a == b) return VL_OK; /* the same on every rank: all skip */
+  if (!buf) VL_ERROR(VL_EINVAL, "%s of elements [%zu, %zu): NULL buffer", what, a, b);
+#ifdef VL_HAVE_CUDA
+  if (c->backend == VL_BACKEND_CUDA) {
+    if (c->staged) VL_CALL(staged_reduce_range(c, dt, buf, a, b, n_per_rank));
+    else VL_CALL(nccl_reduce_range(c, dt, buf, a, b, n_per_rank));
+    return VL_OK;
+  }
+#endif
+  VL_CALL(mpi_reduce_range_f32(c, (float *)buf + a, a, b, n_per_rank));
   return VL_OK;
 }
 

@@ -46,6 +46,7 @@ typedef struct {
   MPI_Comm node;
   void *nccl;                  /* ncclComm_t; NULL on CPU, when staged or aborted */
   void *stream;                /* cudaStream_t of the collectives */
+  void *event;                 /* cudaEvent_t for vl_comm_wait_compute */
 } vl_comm;
 
 /* MPI_Init_thread(FUNNELED), checked; MPI_Finalize. For main(). */
@@ -86,6 +87,27 @@ int vl_comm_allgather(vl_comm *c, vl_comm_dtype dt, const void *send, void *recv
  * owner's block. */
 int vl_comm_reduce_scatter_inplace(vl_comm *c, vl_comm_dtype dt, void *buf, size_t n_per_rank);
 int vl_comm_allgather_inplace(vl_comm *c, vl_comm_dtype dt, void *buf, size_t n_per_rank);
+/* Overlapped ZeRO-1 reduction (optim.h, train.overlap_grad_reduce).
+ * vl_comm_wait_compute: the collectives enqueued after this call start only
+ * once the work queued so far on compute_stream (a cudaStream_t: the ops
+ * backend's) is done -- a cudaEvent recorded there and cudaStreamWaitEvent
+ * on the comm stream; the host does not wait.  No-op on the CPU backend
+ * (its ops are done when they return) and for a NULL compute_stream.
+ * vl_comm_reduce_range_to_owners: buf holds size x n_per_rank elements,
+ * block q (elements [q n_per_rank, (q+1) n_per_rank)) owned by rank q, the
+ * layout of vl_comm_reduce_scatter_inplace.  Sums elements [a, b) over the
+ * ranks into their owners: for every rank q whose block meets [a, b) the
+ * intersection is reduced to q, in place (NCCL: one ncclReduce with root q
+ * per intersection, all in one ncclGroupStart/End, on the comm stream; MPI
+ * on the CPU backend and staged: MPI_Reduce per intersection, synchronous).
+ * Afterwards this rank's block holds the sums over [a, b); elements of
+ * [a, b) outside its block keep their local values.  Reducing the blocks'
+ * union [0, size x n_per_rank) range by range gives what the
+ * reduce-scatter gives (bitwise for 2 ranks).  a, b and n_per_rank are the
+ * same on every rank; a == b does nothing. */
+int vl_comm_wait_compute(vl_comm *c, void *compute_stream);
+int vl_comm_reduce_range_to_owners(vl_comm *c, vl_comm_dtype dt, void *buf, size_t a, size_t b,
+                                   size_t n_per_rank);
 /* Waits for the collectives enqueued on CUDA (no-op on CPU or staged).  A
  * NCCL error, or no progress within timeout_s, aborts the NCCL communicator
  * and returns VL_ENCCL naming rank, host and operation; main then aborts. */

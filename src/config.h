@@ -99,6 +99,7 @@ typedef struct {
   int warmup_steps;
   vl_schedule schedule;      /* cosine | linear | constant after warmup (HF's) */
   int recompute;             /* activation recomputation per layer */
+  int overlap_grad_reduce;   /* reduce each layer's gradients during the last backward */
   vl_optim_mode optimizer;   /* zero1 (fp32 master + moments sharded) | lean */
   char freeze[256];          /* comma-separated name patterns, "" = none */
   char decay_also[256];      /* patterns of norms/biases/embeddings that get weight decay */

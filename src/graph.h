@@ -92,6 +92,20 @@ typedef struct {
   /* A frozen vision tower (vl_graph_vision_frozen at creation) has no
    * backward: its layers share one activation set, x_out included. */
   int vision_shared;
+  /* Gradient buckets (optim.h: overlapped reduction).  When grad_ready is
+   * set, the backward pass calls grad_ready(grad_ready_ctx, a, b) for each
+   * bucket of the block -- elements [a, b) of one decoder layer, one ViT
+   * block, one merger (main or DeepStack), the vision embeddings (patch and
+   * position), embed_tokens, and final norm + lm_head -- as soon as the pass
+   * writes none of its gradients any more.  The buckets tile [0, n_elements)
+   * and come once per pass in an order fixed by the model alone (final norm
+   * + lm_head, layers from the top, embed_tokens, then the vision side:
+   * merger, for each block from the top its DeepStack mergers and itself,
+   * the embeddings), also when the vision backward is skipped (no patches,
+   * frozen tower: its buckets then come at once after the text side), so
+   * every rank issues the same collectives in the same order.  NULL: none. */
+  int (*grad_ready)(void *ctx, size_t a, size_t b);
+  void *grad_ready_ctx;
   /* VL_PROFILE=1 (exactly): seconds per phase (synchronised), summed over calls:
    * vision forward, text forward, loss, text backward, vision backward */
   int profile;

@@ -88,6 +88,11 @@ struct vl_ops {
   /* timers i < VL_OPS_TIMERS (profiling): record a timestamp in the queue;
    * timer_ms gives the milliseconds from timer i to timer j once both are
    * done (after sync) */
+  /* the stream the ops are queued on (CUDA: a cudaStream_t), so that the
+   * communication stream can wait for the work queued so far
+   * (vl_comm_wait_compute); NULL, or a NULL pointer, where ops are done when
+   * they return (CPU) */
+  void *(*compute_stream)(vl_ops *o);
   int (*timer_record)(vl_ops *o, int i);
   int (*timer_ms)(vl_ops *o, int i, int j, float *ms);
   /* profiling hook (opsprof.h): the graph announces the phase of the ops

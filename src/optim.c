@@ -70,10 +70,88 @@ void vl_optim_bind(vl_optim *o, vl_graph *g) { o->work = g->params; }
 
 void vl_optim_destroy(vl_optim *o) {
   if (!o->ops) return;
+  if (o->ovl_graph) o->ovl_graph->grad_ready = NULL;
+  free(o->ovl_done);
   void *p[] = {o->master, o->mom1, o->mom2};
   for (int i = 0; i < 3; i++)
     if (p[i]) o->ops->free(o->ops, p[i]);
   memset(o, 0, sizeof *o);
+}
+
+/* ---- overlapped reduction ---- */
+
+static vl_comm_dtype comm_dtype(const vl_optim *o) {
+  return o->ops->elem_size == 2 ? VL_COMM_BF16 : VL_COMM_F32;
+}
+
+/* graph.h grad_ready: elements [a, b) are final; reduce them to their owners. */
+static int bucket_ready(void *ctx, size_t a, size_t b) {
+  vl_optim *o = ctx;
+  vl_graph *g = o->ovl_graph;
+  if (!g) VL_ERROR(VL_EINVAL, "a gradient bucket came while the optimizer was not armed");
+  if (b == o->n) b = o->padded; /* the padded tail goes with the last bucket */
+  if (a >= b || b > o->padded)
+    VL_ERROR(VL_EINVAL, "gradient bucket [%zu, %zu) outside the block of %zu elements", a, b,
+             o->padded);
+  if (o->ovl_n == o->ovl_cap) {
+    int cap = o->ovl_cap ? 2 * o->ovl_cap : 64;
+    void *p = realloc(o->ovl_done, (size_t)cap * sizeof *o->ovl_done);
+    if (!p) VL_ERROR(VL_ENOMEM, "list of %d reduced gradient buckets", cap);
+    o->ovl_done = p;
+    o->ovl_cap = cap;
+  }
+  o->ovl_done[o->ovl_n][0] = a;
+  o->ovl_done[o->ovl_n][1] = b;
+  o->ovl_n++;
+  int all_frozen = 1;
+  for (int i = 0; i < o->m->n_params && all_frozen; i++) {
+    const vl_param *p = &o->m->params[i];
+    if (p->offset < b && p->offset + p->numel > a && !p->frozen) all_frozen = 0;
+  }
+  if (all_frozen) return VL_OK; /* zero on every rank: the sum is what is there */
+  vl_ops *ops = o->ops;
+  VL_CALL(vl_comm_wait_compute(o->comm, ops->compute_stream ? ops->compute_stream(ops) : NULL));
+  VL_CALL(vl_comm_reduce_range_to_owners(o->comm, comm_dtype(o), g->grads, a, b, o->shard));
+  return VL_OK;
+}
+
+int vl_optim_overlap_begin(vl_optim *o, vl_graph *g) {
+  if (g->n_alloc < o->padded)
+    VL_ERROR(VL_EINVAL, "the graph's parameter block holds %zu elements, ZeRO-1 needs %zu "
+             "(create it with vl_graph_create_padded)", g->n_alloc, o->padded);
+  o->ovl_graph = g;
+  o->ovl_n = 0;
+  g->grad_ready = bucket_ready;
+  g->grad_ready_ctx = o;
+  return VL_OK;
+}
+
+static int cmp_range(const void *x, const void *y) {
+  const size_t *a = x, *b = y;
+  return a[0] < b[0] ? -1 : a[0] > b[0];
+}
+
+/* The whole block summed into the owners' shards: the reduce-scatter, or,
+ * after an armed backward, the ranges no bucket covered; then the wait. */
+static int reduce_grads(vl_optim *o, vl_graph *g) {
+  const vl_comm_dtype dt = comm_dtype(o);
+  if (o->ovl_n == 0) {
+    VL_CALL(vl_comm_reduce_scatter_inplace(o->comm, dt, g->grads, o->shard));
+  } else {
+    qsort(o->ovl_done, (size_t)o->ovl_n, sizeof *o->ovl_done, cmp_range);
+    size_t next = 0; /* first element not covered yet */
+    for (int i = 0; i < o->ovl_n; i++) {
+      const size_t a = o->ovl_done[i][0], b = o->ovl_done[i][1];
+      if (a < next)
+        VL_ERROR(VL_EINVAL, "gradient buckets overlap at elements [%zu, %zu): they would be "
+                 "summed twice", a, next < b ? next : b);
+      VL_CALL(vl_comm_reduce_range_to_owners(o->comm, dt, g->grads, next, a, o->shard));
+      next = b;
+    }
+    VL_CALL(vl_comm_reduce_range_to_owners(o->comm, dt, g->grads, next, o->padded, o->shard));
+  }
+  VL_CALL(vl_comm_sync(o->comm));
+  return VL_OK;
 }
 
 int vl_optim_step(vl_optim *o, vl_graph *g, int force_skip, vl_optim_stats *st) {
@@ -86,6 +164,16 @@ int vl_optim_step(vl_optim *o, vl_graph *g, int force_skip, vl_optim_stats *st) 
   double *want_t[3] = {st->tensor_grad_norm, st->tensor_param_norm, st->tensor_update_ratio};
   double *want_r = st->rank_grad_norm;
   const int np = o->m->n_params, detail = want_t[0] || want_t[1] || want_t[2] || want_r;
+  if (o->ovl_graph) o->ovl_graph->grad_ready = NULL; /* disarm */
+  o->ovl_graph = NULL;
+  const int overlapped = o->ovl_n;
+  if (overlapped) o->overlapped_steps++;
+  if (overlapped && detail) {
+    o->ovl_n = 0;
+    VL_ERROR(VL_EINVAL, "gradient statistics were asked for a step whose gradients were "
+             "reduced during the backward (train.overlap_grad_reduce): the per-rank norms "
+             "need the local gradients; do not arm the overlap on statistics steps");
+  }
   /* local gradient norms before the reduction (per rank; noise scale) */
   double local = 0;
   if (detail) {
@@ -97,9 +185,10 @@ int vl_optim_step(vl_optim *o, vl_graph *g, int force_skip, vl_optim_stats *st) 
   }
   /* gradients: summed over ranks, in place, each rank keeping its shard */
   VL_CALL(ops->sync(ops));
-  if (o->comm->size > 1) {
-    VL_CALL(vl_comm_reduce_scatter_inplace(o->comm, dt, g->grads, o->shard));
-    VL_CALL(vl_comm_sync(o->comm));
+  {
+    int rrc = o->comm->size > 1 ? reduce_grads(o, g) : VL_OK;
+    o->ovl_n = 0; /* the next step starts unarmed, also after a failure */
+    VL_CALL(rrc);
   }
   vl_t *grad_shard = (char *)g->grads + o->begin * el;
   vl_t *out_shard = (char *)g->params + o->begin * el;

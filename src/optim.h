@@ -14,6 +14,23 @@
  * moments fp32 and sharded as above: 12 bytes a parameter instead of 16.
  * Checkpoints hold the same tensors either way (/params = the weights as
  * fp32), so a lean checkpoint resumes under zero1 and the reverse.
+ *
+ * train.overlap_grad_reduce (more than one rank): the trainer arms the
+ * optimizer (vl_optim_overlap_begin) before the backward of a step's last
+ * micro-batch; each bucket of gradients the backward finishes (graph.h:
+ * grad_ready) is then reduced to its owners at once (comm.h:
+ * vl_comm_reduce_range_to_owners, after vl_comm_wait_compute: on the GPU
+ * the comm stream waits for the bucket's last kernel and the reduction runs
+ * while the compute stream goes on with earlier layers).  The contiguous
+ * shard layout is kept: each owner gets the sums of its shard's part of the
+ * bucket.  The bucket ending at the model's last element takes the padded
+ * tail with it.  A bucket whose parameters are all frozen is only recorded
+ * (its gradients are zero on every rank).  vl_optim_step then reduces only
+ * what no bucket covered (nothing when they tile [0, padded)) and waits for
+ * the comm stream.  Statistics steps (per-rank or per-tensor norms
+ * requested) are not overlapped: the per-rank norms need the local,
+ * unreduced gradients of the whole block, so the trainer does not arm on
+ * them and vl_optim_step refuses statistics after an armed backward.
  */
 #ifndef VL_OPTIM_H
 #define VL_OPTIM_H
@@ -34,6 +51,11 @@ typedef struct {
   int lean;                        /* train.optimizer: lean */
   vl_t *work;                      /* the graph's working weights (vl_optim_bind) */
   int step;                        /* optimizer steps taken */
+  /* overlap: the graph armed for, and the ranges [a, b) its buckets covered */
+  vl_graph *ovl_graph;
+  size_t (*ovl_done)[2];
+  int ovl_n, ovl_cap;
+  int overlapped_steps;            /* steps whose buckets were reduced during the backward */
 } vl_optim;
 
 typedef struct {
@@ -73,7 +95,13 @@ void vl_optim_bind(vl_optim *o, vl_graph *g);
 /* Elements of the shard this rank owns that lie inside the model (the last
  * shards may hold padding only). */
 size_t vl_optim_mine(const vl_optim *o);
-/* Reduces g->grads over ranks (in place), clips, updates this rank's shard of
+/* Overlapped reduction (see above): the next vl_graph_backward of g hands
+ * each finished bucket to the optimizer, which reduces it to its owners on
+ * the comm stream.  Call before the step's last backward only (earlier
+ * micro-batches still add to every gradient); vl_optim_step disarms. */
+int vl_optim_overlap_begin(vl_optim *o, vl_graph *g);
+/* Reduces g->grads over ranks (in place; what an armed backward reduced
+ * already is only waited for), clips, updates this rank's shard of
  * g->params, all-gathers g->params, zeroes g->grads.
  * force_skip: drop this step's gradients (a rank saw a non-finite loss). */
 int vl_optim_step(vl_optim *o, vl_graph *g, int force_skip, vl_optim_stats *stats);

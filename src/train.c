@@ -290,12 +290,17 @@ int vl_trainer_step(vl_trainer *t, vl_step_report *r) {
     if (rc == VL_OK) rc = vl_graph_commit_batch(&t->g);
     /* VL_PROFILE=2: the last micro-batch of the second step (of the first if it is the only one) */
     const int prof = t->prof && !t->prof_done && (t->step >= 1 || tc->steps == 1);
+    /* train.overlap_grad_reduce: the last backward reduces each bucket as it
+     * finishes (optim.h); not on statistics steps (local norms needed) */
+    const int stats_step = t->record && tc->stats_every > 0 && (t->step + 1) % tc->stats_every == 0;
+    const int overlap = tc->overlap_grad_reduce && W > 1 && !stats_step;
     for (int a = 0; a < A && rc == VL_OK; a++) {
       Ta[a] = t->g.T;
       if (prof && a == A - 1) vl_opsprof_arm(t->prof);
       rc = vl_graph_forward_async(&t->g, scale, t->loss_host + (size_t)a * rows);
       if (rc == VL_OK && a + 1 < A) rc = stage_micro(t, view, samples, a + 1);
       if (rc == VL_OK && a + 1 == A) rc = take_ahead(t, C + G, view_next, samples);
+      if (rc == VL_OK && overlap && a + 1 == A) rc = vl_optim_overlap_begin(&t->opt, &t->g);
       if (rc == VL_OK) rc = vl_graph_backward(&t->g);
       if (prof && a == A - 1) vl_opsprof_disarm(t->prof);
       if (rc == VL_OK && a + 1 < A) rc = vl_graph_commit_batch(&t->g);

@@ -85,6 +85,7 @@ static void test_presets(void) {
         tr->warmup_steps == 0 && tr->recompute == 0 && tr->optimizer == VL_OPTIM_ZERO1 &&
         tr->freeze[0] == '\0' && tr->seed == 1234 && tr->schedule == VL_SCHED_COSINE &&
         tr->nonfinite == VL_NONFINITE_SKIP, "train defaults");
+  CHECK(tr->overlap_grad_reduce == 1, "train.overlap_grad_reduce defaults to true");
   CHECK(c.run.backend == VL_BACKEND_AUTO && c.run.allow_shared_gpu == 0 && c.run.data[0] == '\0' &&
         !strcmp(c.run.out_dir, "out") && c.run.nccl_timeout_s == 600 && c.model.path[0] == '\0',
         "run defaults");
@@ -304,6 +305,9 @@ static void test_values(void) {
         c.model.text.attention_bias == 1 && c.model.text.tie_word_embeddings == 0 &&
         c.model.text.rope_theta == 1e6, "values parsed");
   vl_config_free(&c);
+  CHECK(vl_config_load_string(&c, with_include("train:\n  overlap_grad_reduce: false\n"), "exp.yaml") == VL_OK &&
+        c.train.overlap_grad_reduce == 0, "overlap_grad_reduce: false: %s", vl_err_last());
+  vl_config_free(&c);
 }
 
 /* --help-config lists every key of the issue, one line each. */
@@ -335,7 +339,7 @@ static void test_print_keys(void) {
       "train.micro_batch", "train.grad_accum", "train.max_seq_len", "train.max_vision_patches", "train.steps",
       "train.lr", "train.weight_decay", "train.adam_beta1", "train.adam_beta2", "train.adam_eps",
       "train.grad_clip", "train.warmup_steps", "train.recompute", "train.optimizer", "train.freeze",
-      "train.seed", "run.backend", "run.allow_shared_gpu", "run.data", "run.out_dir", "run.nccl_timeout_s"};
+      "train.seed", "train.overlap_grad_reduce", "run.backend", "run.allow_shared_gpu", "run.data", "run.out_dir", "run.nccl_timeout_s"};
   for (size_t i = 0; i < sizeof names / sizeof *names; i++) {
     char needle[128];
     snprintf(needle, sizeof needle, "%s ", names[i]);
