@@ -857,6 +857,11 @@ int main(void) {
   test_attention_partial(2, 1);
   test_attention_partial(2, 0);
   unsetenv("VL_ATTENTION_CUDNN");
+  /* cuDNN causal segments at their exact length (no bucket padding) */
+  setenv("VL_ATTENTION_CUDNN_BUCKET", "1", 1);
+  test_attention(1000, 3, 16, 8, 128, 1);
+  test_attention(37, 3, 4, 2, 16, 1);
+  unsetenv("VL_ATTENTION_CUDNN_BUCKET");
   if (vl_cudnn_attn_plan_stats) { /* plan reuse: lengths seen before build no new plan */
     int n0, n1;
     double s0, s1;

@@ -10,7 +10,8 @@
 # GPU, MFU (1.936e14 FLOPs per micro-batch, 989 TFLOP/s) and peak memory for
 # both, and their ratio on step time / accumulation (how the peer measures).
 # Environment: VL_BENCH_OPTIMIZER (zero1 | lean, default zero1),
-# VL_BENCH_RECOMPUTE (true | false), PEER_ARGS (extra arguments of the peer,
+# VL_BENCH_RECOMPUTE (true | false), VL_BENCH_OVERLAP (true | false: the
+# gradient reduction overlapped with the last backward), PEER_ARGS (extra arguments of the peer,
 # e.g. "--ckpt 0" for its run without activation recomputation), VL_PROFILE.
 set -uo pipefail
 n=${1:-2} accum=${2:-2} steps=${3:-2} out=${4:-bench-out} peer=${5:-}
@@ -20,7 +21,8 @@ mkdir -p "$out"
 cat > "$out/bench.yaml" <<EOY
 include: $top/inputs/bench-8b.yaml
 train: {grad_accum: $accum, steps: $steps,
-        optimizer: ${VL_BENCH_OPTIMIZER:-zero1}, recompute: ${VL_BENCH_RECOMPUTE:-false}}
+        optimizer: ${VL_BENCH_OPTIMIZER:-zero1}, recompute: ${VL_BENCH_RECOMPUTE:-false},
+        overlap_grad_reduce: ${VL_BENCH_OVERLAP:-true}}
 run: {out_dir: $out/run}
 EOY
 export VL_PROFILE=${VL_PROFILE:-0}
