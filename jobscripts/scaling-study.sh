@@ -2,7 +2,7 @@
 # scaling-study.sh: the same experiment over a list of rank counts.
 #   scaling-study.sh --config CFG.yaml --ranks "1 2 4 8" [--mode strong|weak|both]
 #                    [--global-batch 16] [--accum 8] [--steps 6] [--out DIR]
-#                    [--launcher "mpirun -np"] (or "srun -n")
+#                    [--launcher "mpirun --bind-to none -np"] (or "srun -c 8 --cpu-bind=cores -n")
 #                    [--flops-per-token F] [--peak-flops P]
 #                    [--peer-cmd "torchrun --nproc_per_node {n} hf_peer.py --accum {accum} --steps 2"]
 # strong scaling: global batch fixed, accumulation = global / (ranks x micro);
@@ -17,8 +17,13 @@
 # rank count and accumulation ({n}, {accum} substituted; its last line is the
 # JSON of shared/bench/hf_peer.py: tokens_per_s, step_s), and the rows carry
 # its tokens/s, s/step and vltrain's speed relative to it.
+# The default launcher leaves ranks unbound: Open MPI would bind each of
+# one or two ranks to a single core, where vltrain's launch and host
+# pipeline threads contend (measured on nvidia-h200-x2, 8B lean, one rank:
+# 4.700 s/step under the default binding; 3.571 s/step in another call with
+# --bind-to none, tests/bench/bench_8b.sh; the binding is the likely cause).
 set -uo pipefail
-cfg="" ranks="1 2" mode=both gb=16 accum=8 steps=6 out=scaling launcher=${LAUNCHER:-"mpirun -np"}
+cfg="" ranks="1 2" mode=both gb=16 accum=8 steps=6 out=scaling launcher=${LAUNCHER:-"mpirun --bind-to none -np"}
 fpt=0 peak=989e12 peer_cmd=""
 while [ $# -gt 0 ]; do
   case "$1" in

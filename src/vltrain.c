@@ -1,6 +1,8 @@
 /* vltrain: main — arguments, configuration, MPI bootstrap, the dry run, and
  * the training run. */
+#define _GNU_SOURCE /* sched_getaffinity, CPU_COUNT */
 #include <math.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -65,6 +67,21 @@ static void versions(const vl_comm *comm, char *buf, size_t n) {
   }
 #endif
   snprintf(buf, n, "backend cpu (fp32, %d OpenMP thread(s)), %.100s", omp_threads(), mpi);
+}
+
+/* On the GPU backend each rank runs a launch thread and a host producer
+ * thread (batch assembly, image decoding); bound to a single CPU they
+ * contend and the GPU waits.  Open MPI binds a rank to one core by default
+ * when there are at most two ranks.  Each such rank says so, with the fix. */
+static void warn_single_cpu(const vl_comm *comm) {
+  cpu_set_t set;
+  if (comm->backend != VL_BACKEND_CUDA || sched_getaffinity(0, sizeof set, &set) != 0) return;
+  const int n = CPU_COUNT(&set);
+  if (n < 2)
+    fprintf(stderr, "warning: rank %d (host %s) may run on %d CPU core only: its host pipeline "
+            "and kernel launches will contend and slow every step; give each rank several cores "
+            "(mpirun --bind-to none, or --map-by slot:PE=8; srun --cpus-per-task=8 --cpu-bind=cores)\n",
+            comm->rank, comm->host, n);
 }
 
 /* Rank 0 prints rank 0's software line and which ranks differ from it. */
@@ -279,6 +296,7 @@ int main(int argc, char **argv) {
         vl_model_print_summary(&m);
       }
       rc = print_versions(&comm);
+      warn_single_cpu(&comm);
       if (rc == VL_OK && rank == 0) printf("rank -> host -> device:\n");
       if (rc == VL_OK) rc = vl_comm_print_map(&comm);
       vl_train_catch_signals();

@@ -36,4 +36,22 @@ if command -v gnuplot >/dev/null 2>&1; then # .ci/run installs gnuplot-nox
 else
   echo "gnuplot not installed: the plot is not checked"
 fi
+# The default launcher must leave a rank more than one core: Open MPI binds
+# one or two ranks to a single core by default, where vltrain's launch and
+# host pipeline threads contend (a GPU run measured 4.700 s/step instead of
+# about 3.6).  A wrapper records how many CPUs the rank may use.
+if [ "$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)" -ge 2 ] && command -v mpirun >/dev/null 2>&1; then
+  cat > "$dir/wrap.sh" <<EOW
+#!/bin/sh
+env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc > "$dir/rank-cpus"
+exec "$VL_BUILDDIR/src/vltrain" "\$@"
+EOW
+  chmod +x "$dir/wrap.sh"
+  VLTRAIN="$dir/wrap.sh" "$VL_SRCDIR/jobscripts/scaling-study.sh" --config "$dir/micro.yaml" --ranks 1 \
+    --mode weak --accum 1 --steps 2 --out "$dir/default-launcher" > "$dir/default.log" 2>&1 \
+    || { cat "$dir/default.log"; echo "FAIL: driver with the default launcher"; exit 1; }
+  cpus=$(cat "$dir/rank-cpus")
+  echo "default launcher: the rank may use $cpus of $(env -u OMP_NUM_THREADS nproc) CPUs"
+  [ "$cpus" -ge 2 ] || { echo "FAIL: the default launcher bound the rank to $cpus CPU"; exit 1; }
+fi
 echo "scaling driver ok"
