@@ -342,7 +342,9 @@ static void plan_free(plan_entry *e) {
 }
 
 static int handle_for(vl_cuda_ctx *c) {
-  if (g_handle && g_device != c->device) {
+  if (g_handle && g_device != c->device) { /* plans belong to the handle's device */
+    for (int i = 0; i < g_n_plans; i++) plan_free(g_plans[i]);
+    g_n_plans = 0;
     cudnnDestroy(g_handle);
     g_handle = NULL;
   }

@@ -1,5 +1,5 @@
 #!/bin/sh
-# The scaling-study driver over 1 and 2 ranks on the CPU: strong and weak
+# The scaling-study driver over 1, 2 and 4 ranks on the CPU: strong and weak
 # runs complete and results.csv has a row per run with an efficiency.
 [ -n "${MPIRUN:-}" ] && command -v "$MPIRUN" >/dev/null 2>&1 || exit 77
 if [ "$(id -u)" = 0 ]; then export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1; fi
@@ -15,12 +15,14 @@ echo "some log line"
 echo "{\"mode\": \"full\", \"world\": $1, \"accum\": $2, \"step_s\": 2.5, \"tokens_per_s\": $(( 50 * $1 )).0}"
 EOP
 VLTRAIN="$VL_BUILDDIR/src/vltrain" LAUNCHER="$MPIRUN --oversubscribe -np" \
-  "$VL_SRCDIR/jobscripts/scaling-study.sh" --config "$dir/micro.yaml" --ranks "1 2" --mode both \
+  "$VL_SRCDIR/jobscripts/scaling-study.sh" --config "$dir/micro.yaml" --ranks "1 2 4" --mode both \
   --global-batch 4 --accum 2 --steps 4 --out "$dir/study" --flops-per-token 1e9 --peak-flops 1e12 \
   --peer-cmd "sh $dir/peer.sh {n} {accum}" || { echo "FAIL: driver"; exit 1; }
 cat "$dir/study/results.csv"
-rows=$(grep -cE '^(strong|weak),[12],' "$dir/study/results.csv")
-[ "$rows" -eq 4 ] || { echo "FAIL: $rows rows, expected 4"; exit 1; }
+rows=$(grep -cE '^(strong|weak),[124],' "$dir/study/results.csv")
+[ "$rows" -eq 6 ] || { echo "FAIL: $rows rows, expected 6"; exit 1; }
+grep -q '^strong,4,1,1,4,' "$dir/study/results.csv" || { echo "FAIL: strong 4-rank row"; exit 1; }
+grep -q '^weak,4,1,2,8,' "$dir/study/results.csv" || { echo "FAIL: weak 4-rank row"; exit 1; }
 grep -q '^strong,1,1,4,4,' "$dir/study/results.csv" || { echo "FAIL: strong 1-rank row"; exit 1; }
 grep -q '^weak,2,1,2,4,' "$dir/study/results.csv" || { echo "FAIL: weak 2-rank row"; exit 1; }
 awk -F, 'NR > 1 && !($6 > 0 && $9 > 0) {exit 1}' "$dir/study/results.csv" || { echo "FAIL: empty figures"; exit 1; }
