@@ -409,6 +409,18 @@ static void memory_plan(const vl_model *m, const vl_train_config *train, int wor
   /* loss chunk: up to 1,024 rows of fp32 logits and their gradient */
   size_t rows = (size_t)train->max_seq_len * mb < 1024 ? (size_t)train->max_seq_len * mb : 1024;
   plan->workspace = rows * (size_t)m->cfg.text.vocab_size * 4 * 2;
+  /* attention backward: one segment's dq|dk|dv rows staged before they are
+   * added (kernels/attention_cudnn.cu; the loss chunks' buffers cover its
+   * fp32 parts); causal text rows rounded up to 128 */
+  {
+    const vl_text_config *tc = &m->cfg.text;
+    const vl_vision_config *vc = &m->cfg.vision;
+    const size_t text_rows = ((size_t)train->max_seq_len * mb + 127) / 128 * 128;
+    const size_t text_w = (size_t)(tc->num_attention_heads + 2 * tc->num_key_value_heads) * tc->head_dim;
+    const size_t vis_w = vc->num_heads > 0 ? (size_t)3 * vc->hidden_size : 0;
+    const size_t t = text_rows * text_w, v = (size_t)train->max_vision_patches * mb * vis_w;
+    plan->workspace += (t > v ? t : v) * elem_size;
+  }
   plan->total = plan->weights + plan->grads + plan->master + plan->moments +
                 plan->activations + plan->workspace;
 }
@@ -428,7 +440,7 @@ void vl_graph_print_memory_plan(const vl_memory_plan *p, const char *device) {
   printf("  AdamW m, v   %9.3f %s (ZeRO-1 shard)\n", p->moments / G, u);
   printf("  activations  %9.3f %s (one micro-batch, saved for backward%s%s)\n", p->activations / G, u,
          p->recompute ? "; recomputed per layer" : "", p->vision_frozen ? "; vision tower frozen" : "");
-  printf("  workspace    %9.3f %s (loss chunks)\n", p->workspace / G, u);
+  printf("  workspace    %9.3f %s (loss chunks, attention staging)\n", p->workspace / G, u);
   printf("  total        %9.3f %s\n", p->total / G, u);
 }
 
