@@ -9,7 +9,9 @@
 #   2. a second job is sent SIGUSR1 as Slurm's --signal does before the time
 #      limit (scancel --signal=USR1): every rank checkpoints and exits 75, the
 #      script requeues the job, the requeued job (restart 1) resumes from that
-#      checkpoint and finishes.
+#      checkpoint and finishes;
+#   3. sbatch scaling-study.slurm: the scaling study over 1 and 2 ranks of
+#      the allocation under srun, one results row per run.
 # The daemons are stopped at the end whatever happens.  Needs root (slurmd
 # runs the job as its owner) and the packages slurmctld, slurmd,
 # slurm-client, munge (.ci/run installs them); skips (77) otherwise or when
@@ -188,4 +190,22 @@ grep -q "job $j2 restart 1:" "$out2" || fail "no second start"
 grep -q "resumed from $dir/out2/ckpt/step_0*$k.h5 at step $k" "$out2" || fail "did not resume from step $k"
 grep -q "step $((k + 3))/$((k + 3))" "$out2" || fail "did not finish after the resume"
 echo "job $j2: SIGUSR1 at step $k, checkpoint, exit 75, requeued, resumed at step $k, finished at step $((k + 3))"
+# 3. the scaling study across the allocation's tasks (scaling-study.slurm):
+#    srun launches 1 then 2 ranks inside the job; one row per run
+sdir="$dir/study"
+cat > "$dir/micro-study.yaml" <<EOY
+include: $VL_SRCDIR/tests/data/micro.yaml
+EOY
+j3=$(VL_TOP="$VL_SRCDIR" STUDY_OUT="$sdir" timeout 30 sbatch --parsable --chdir="$dir" --cpus-per-task=1 \
+       --ntasks-per-node=2 --gpus-per-node=2 "$VL_SRCDIR/jobscripts/scaling-study.slurm" \
+       "$dir/micro-study.yaml" --mode weak --accum 1 --steps 3) || fail "sbatch scaling-study.slurm: $j3"
+out3="$dir/vltrain-scaling-$j3.out"
+wait_job_end "$j3" 120 || { cat "$out3"; show_logs; fail "study job $j3 did not end (state $(job_state "$j3"))"; }
+cat "$out3"
+scontrol show job "$j3" | grep -q "JobState=COMPLETED" || fail "study job $j3: $(job_state "$j3")"
+grep -q "rank counts: 1 2" "$sdir/MACHINE" || fail "MACHINE does not name the rank counts 1 2"
+grep -q '^weak,1,1,1,1,' "$sdir/results.csv" || fail "no 1-rank row: $(cat "$sdir/results.csv")"
+grep -q '^weak,2,1,1,2,' "$sdir/results.csv" || fail "no 2-rank row: $(cat "$sdir/results.csv")"
+grep -q "on 2 rank(s)" "$sdir/weak-2/log" || fail "the 2-rank run did not have 2 ranks"
+echo "job $j3: scaling study over 1 and 2 ranks under srun"
 echo "slurm ok"
