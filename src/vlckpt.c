@@ -1,5 +1,6 @@
 /* vlckpt: look into a vltrain checkpoint, or export it as a Hugging Face
- * model folder (hfexport.h does the work; this is the command line). */
+ * model folder (hfexport.h does the work; this is the command line); print
+ * a run's training statistics (statsreport.h). */
 #include <errno.h>
 #include <mpi.h>
 #include <stdio.h>
@@ -10,6 +11,7 @@
 
 #include "err.h"
 #include "hfexport.h"
+#include "statsreport.h"
 #include "weights.h"
 
 static void usage(FILE *f) {
@@ -17,6 +19,7 @@ static void usage(FILE *f) {
           "usage: vlckpt inspect CKPT.h5\n"
           "       vlckpt export CKPT.h5 OUTDIR [--dtype bf16|fp32] [--shard-size 5GB] [--from DIR]\n"
           "       vlckpt init CONFIG.yaml OUTDIR [--dtype bf16|fp32] [--shard-size 5GB] [--from DIR]\n"
+          "       vlckpt stats OUT/gradstats.h5 [--top K] [--window N] [--csv]\n"
           "\n"
           "inspect: step, world size, config text, tensors and shapes, then checks\n"
           "  (readable, complete, finite); exit 0 if every check passes, 1 if not.\n"
@@ -28,7 +31,12 @@ static void usage(FILE *f) {
           "  --dtype: bf16 (default, rounded to nearest even) or fp32 (bitwise).\n"
           "init: a new model folder like export's, with random weights (Hugging Face's\n"
           "  initialisation, seeded by train.seed) of the architecture CONFIG.yaml gives:\n"
-          "  a tiny model of a family to try the whole path with.\n");
+          "  a tiny model of a family to try the whole path with.\n"
+          "stats: a run's statistics file (train.stats_every) for a person: loss\n"
+          "  landmarks, gradient norms and clipping, skipped steps, the gradient noise\n"
+          "  scale, per-rank norms, the K tensors with the largest update ratios\n"
+          "  (default 10), evaluations; figures over the last N steps (default 10).\n"
+          "  --csv: the per-step columns as CSV instead.  Reads a running job's file.\n");
 }
 
 /* "5GB", "500MB", "2GiB", "123" (bytes). 0 on a bad value. */
@@ -132,6 +140,7 @@ int main(int argc, char **argv) {
   vl_dtype dt = VL_DT_BF16;
   size_t shard = (size_t)5e9;
   const char *from = NULL;
+  vl_stats_report_opts so = {10, 10, 0};
   for (int i = 2; i < argc; i++) {
     if (!strcmp(argv[i], "--dtype") && i + 1 < argc) {
       const char *d = argv[++i];
@@ -143,6 +152,18 @@ int main(int argc, char **argv) {
       if (!shard) { fprintf(stderr, "vlckpt: --shard-size %s: expected a size like 5GB\n", argv[i]); return 2; }
     } else if (!strcmp(argv[i], "--from") && i + 1 < argc) {
       from = argv[++i];
+    } else if ((!strcmp(argv[i], "--top") || !strcmp(argv[i], "--window")) && i + 1 < argc) {
+      const int top = !strcmp(argv[i], "--top");
+      char *end;
+      long v = strtol(argv[++i], &end, 10);
+      if (*end || v <= 0 || v > 1000000) {
+        fprintf(stderr, "vlckpt: %s %s: expected a positive count\n", top ? "--top" : "--window", argv[i]);
+        return 2;
+      }
+      if (top) so.top = (int)v;
+      else so.window = (int)v;
+    } else if (!strcmp(argv[i], "--csv")) {
+      so.csv = 1;
     } else if (argv[i][0] == '-' || npos >= 2) {
       usage(stderr);
       return 2;
@@ -156,6 +177,7 @@ int main(int argc, char **argv) {
   if (!strcmp(argv[1], "inspect") && npos == 1) rc = inspect(pos[0]);
   else if (!strcmp(argv[1], "export") && npos == 2) rc = do_export(pos[0], pos[1], dt, shard, from);
   else if (!strcmp(argv[1], "init") && npos == 2) rc = do_init(pos[0], pos[1], dt, shard, from);
+  else if (!strcmp(argv[1], "stats") && npos == 1) rc = vl_stats_report(pos[0], &so, stdout) ? 1 : 0;
   else { usage(stderr); rc = 2; }
   MPI_Finalize();
   return rc;
