@@ -100,7 +100,7 @@ static const key_desc keys[] = {
   {"train.warmup_steps", K_INT, OFF(train.warmup_steps), 0, INT_MAX, "0", 0, NULL, 0, "linear warmup steps"},
   {"train.schedule", K_ENUM, OFF(train.schedule), 0, 0, "cosine", 0, schedules, 0, "decay after warmup, as Hugging Face's schedulers"},
   {"train.recompute", K_BOOL, OFF(train.recompute), 0, 1, "false", 0, NULL, 0, "recompute activations per layer"},
-  {"train.overlap_grad_reduce", K_BOOL, OFF(train.overlap_grad_reduce), 0, 1, "true", 0, NULL, 0, "reduce each layer's gradients across ranks during the last backward of a step, overlapped with it (not on statistics steps)"},
+  {"train.overlap_grad_reduce", K_BOOL, OFF(train.overlap_grad_reduce), 0, 1, "true", 0, NULL, 0, "reduce each layer's gradients across ranks during the last backward of a step, overlapped with it (not on statistics steps, nor on ranks sharing a GPU)"},
   {"train.optimizer", K_ENUM, OFF(train.optimizer), 0, 0, "zero1", 0, optims, 0, "zero1: fp32 master+moments sharded; lean: 12 B/param"},
   {"train.freeze", K_STRING, OFF(train.freeze), 0, 256, "\"\"", 0, NULL, 0, "comma-separated name patterns to freeze"},
   {"train.decay_also", K_STRING, OFF(train.decay_also), 0, 256, "\"\"", 0, NULL, 0, "comma-separated name patterns of norms, biases and embeddings that get weight decay too (\"*\": every parameter; by default they get none)"},

@@ -291,9 +291,13 @@ int vl_trainer_step(vl_trainer *t, vl_step_report *r) {
     /* VL_PROFILE=2: the last micro-batch of the second step (of the first if it is the only one) */
     const int prof = t->prof && !t->prof_done && (t->step >= 1 || tc->steps == 1);
     /* train.overlap_grad_reduce: the last backward reduces each bucket as it
-     * finishes (optim.h); not on statistics steps (local norms needed) */
+     * finishes (optim.h); not on statistics steps (local norms needed), nor
+     * when ranks share a GPU: staged collectives go through host memory
+     * synchronously, so a bucket would stall the enqueueing of the backward
+     * instead of overlapping it */
     const int stats_step = t->record && tc->stats_every > 0 && (t->step + 1) % tc->stats_every == 0;
-    const int overlap = tc->overlap_grad_reduce && W > 1 && !stats_step;
+    const int staged = t->comm->backend == VL_BACKEND_CUDA && t->comm->staged;
+    const int overlap = tc->overlap_grad_reduce && W > 1 && !stats_step && !staged;
     for (int a = 0; a < A && rc == VL_OK; a++) {
       Ta[a] = t->g.T;
       if (prof && a == A - 1) vl_opsprof_arm(t->prof);
