@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <hdf5.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -11,6 +12,7 @@
 
 #include "ckpt.h"
 #include "err.h"
+#include <cjson/cJSON.h>
 #include "hfconfig.h"
 
 #define CKPT_FORMAT "vltrain-checkpoint-1" /* ckpt.c's */
@@ -311,6 +313,33 @@ static int write_text(const char *dir, const char *name, const char *text) {
 }
 
 /* Copies src_dir/name to dir/name if it exists; *copied set to 1 then. */
+/* The ids of <|endoftext|> and <|im_end|> among a tokenizer.json's
+ * added_tokens (-1 when absent). */
+static int added_token_ids(const char *path, int32_t *eot, int32_t *eos) {
+  FILE *f = fopen(path, "rb");
+  if (!f) VL_ERROR(VL_EIO, "cannot open: %s", strerror(errno));
+  char *text = NULL;
+  long n = fseek(f, 0, SEEK_END) == 0 ? ftell(f) : -1;
+  int ok = n >= 0 && fseek(f, 0, SEEK_SET) == 0 && (text = malloc((size_t)n + 1)) &&
+           fread(text, 1, (size_t)n, f) == (size_t)n;
+  fclose(f);
+  if (!ok) { free(text); VL_ERROR(VL_EIO, "cannot read it"); }
+  cJSON *root = cJSON_ParseWithLength(text, (size_t)n);
+  free(text);
+  if (!root) VL_ERROR(VL_EIO, "not JSON");
+  const cJSON *added = cJSON_GetObjectItemCaseSensitive(root, "added_tokens");
+  const cJSON *a = NULL;
+  if (!cJSON_IsArray(added)) added = NULL;
+  cJSON_ArrayForEach(a, added) {
+    const cJSON *c = cJSON_GetObjectItemCaseSensitive(a, "content"), *id = cJSON_GetObjectItemCaseSensitive(a, "id");
+    if (!cJSON_IsString(c) || !cJSON_IsNumber(id)) continue;
+    if (!strcmp(c->valuestring, "<|endoftext|>")) *eot = (int32_t)id->valuedouble;
+    if (!strcmp(c->valuestring, "<|im_end|>")) *eos = (int32_t)id->valuedouble;
+  }
+  cJSON_Delete(root);
+  return VL_OK;
+}
+
 static int copy_if_present(const char *src_dir, const char *dir, const char *name, int *copied) {
   char from[VL_PATH_MAX + 64], to[VL_PATH_MAX + 64];
   snprintf(from, sizeof from, "%s/%s", src_dir, name);
@@ -399,11 +428,26 @@ int vl_hf_export(const vl_model *m, const float *host, const char *outdir, vl_dt
       if (c && !strcmp(files[i], "generation_config.json")) have_gen = 1;
     }
   }
-  /* the Qwen vocabulary's end-of-turn tokens, when the model has it */
-  if (!have_gen && m->cfg.text.vocab_size > 151645)
-    VL_CALL_GOTO(rc, done, write_text(outdir, "generation_config.json",
-                                      "{\n  \"bos_token_id\": 151643,\n  \"eos_token_id\": [151645, 151643],\n"
-                                      "  \"pad_token_id\": 151643\n}"));
+  /* No generation_config.json came with the files: the end-of-turn tokens
+   * of the exported tokenizer (chat models stop at <|im_end|>), else the
+   * Qwen vocabulary's ids when the model has that vocabulary. */
+  if (!have_gen) {
+    int32_t eot = -1, eos = -1;
+    char tok[VL_PATH_MAX + 32];
+    snprintf(tok, sizeof tok, "%s/tokenizer.json", outdir);
+    if (access(tok, R_OK) == 0) {
+      if (added_token_ids(tok, &eot, &eos) != VL_OK)
+        fprintf(stderr, "export: %s: %s; no generation_config.json written\n", tok, vl_err_last());
+    } else if (m->cfg.text.vocab_size > 151645) {
+      eot = 151643, eos = 151645;
+    }
+    if (eot >= 0 && eos >= 0) {
+      char gen[160];
+      snprintf(gen, sizeof gen, "{\n  \"bos_token_id\": %d,\n  \"eos_token_id\": [%d, %d],\n"
+               "  \"pad_token_id\": %d\n}", (int)eot, (int)eos, (int)eot, (int)eot);
+      VL_CALL_GOTO(rc, done, write_text(outdir, "generation_config.json", gen));
+    }
+  }
 done:
   free(json);
   free(b16);

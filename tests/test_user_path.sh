@@ -51,11 +51,18 @@ ck=$dir/run/ckpt/$(cat run/ckpt/latest)
 # 4. export, and check it
 "$B/vlckpt" inspect "$ck" > insp 2>&1 || { cat insp; fail "inspect"; }
 "$B/vlckpt" export "$ck" tiny-qwen3-vl-ft > log2 2>&1 || { cat log2; fail "export"; }
-# (no generation_config.json: vlckpt writes one for Qwen's vocabulary only,
-# and the tiny preset has its own 401-id tokenizer)
-for f in config.json model.safetensors tokenizer.json preprocessor_config.json; do
+for f in config.json model.safetensors tokenizer.json preprocessor_config.json generation_config.json; do
   [ -f tiny-qwen3-vl-ft/$f ] || fail "export lacks $f"
 done
+# generation stops at the exported tokenizer's own end-of-turn ids (the tiny
+# tokenizer's, read here from its added_tokens, not Qwen's 151645/151643)
+tid() { awk -v want="\"$1\"" '/"id"/ { gsub(/[^0-9]/, "", $0); id = $0 } index($0, want) && /"content"/ { print id; exit }' \
+  tiny-qwen3-vl-ft/tokenizer.json; }
+eot=$(tid '<|endoftext|>'); eos=$(tid '<|im_end|>')
+[ -n "$eot" ] && [ -n "$eos" ] || fail "the tiny tokenizer lacks <|endoftext|> or <|im_end|>"
+tr -d ' \n' < tiny-qwen3-vl-ft/generation_config.json | grep -q "\"eos_token_id\":\[$eos,$eot\]" \
+  || { cat tiny-qwen3-vl-ft/generation_config.json; fail "generation_config eos is not [$eos, $eot]"; }
+tr -d ' \n' < tiny-qwen3-vl-ft/generation_config.json | grep -q "\"pad_token_id\":$eot" || fail "pad id"
 cmp -s tiny-qwen3-vl/tokenizer.json tiny-qwen3-vl-ft/tokenizer.json || fail "tokenizer.json not carried"
 "$VL_BUILDDIR/tests/vlckpt_util" compare "$ck" tiny-qwen3-vl-ft bf16 || fail "export != checkpoint"
 
