@@ -104,7 +104,10 @@ filter() {
     /^-----|^Primary job|^a non-zero exit|^mpirun|^the job to be terminated|^  Process name|^  Exit code/ { next }
     NF { print; fflush() }'
 }
-train_cmd=(mpirun -np 2 "$bin/vltrain" "$cfg")
+# On the GPU each rank runs a launch thread and a host producer: leave the
+# ranks unbound (Open MPI binds two ranks to one core each by default)
+bind=(); [ "$gpus" -gt 0 ] && bind=(--bind-to none)
+train_cmd=(mpirun -np 2 "${bind[@]}" "$bin/vltrain" "$cfg")
 say "training the tiny model on $device: mpirun -np 2 vltrain $cfg ($steps steps; interrupted near step $half)"
 "${train_cmd[@]}" > "$work/train1.log" 2>&1 &
 job=$!
