@@ -474,12 +474,6 @@ static int execute(vl_ops *o, plan_entry *e, int n, const int64_t *uids, void **
   return VL_OK;
 }
 
-/* dst[r, c] += src[r, c] for rows of `width` bf16 (both with row stride width). */
-__global__ void k_add_rows(bf16 *dst, const bf16 *src, size_t n) {
-  size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-  if (i < n) dst[i] = __float2bfloat16(__bfloat162float(dst[i]) + __bfloat162float(src[i]));
-}
-
 int vl_cudnn_attn_compiled(void) { return 1; }
 long vl_cudnn_version(void) { return (long)cudnnGetVersion(); }
 
@@ -625,9 +619,8 @@ int vl_cudnn_attn_backward(vl_ops *o, bf16 *dqkv, const bf16 *dout, const bf16 *
                    (void *)o_rows, (void *)do_rows, stats, grad, grad + (size_t)nh * hd,
                    grad + (size_t)(nh + nkv) * hd, dsum, acc, &scale, &one, &neg_inf};
     VL_CALL(execute(o, e, causal ? 14 : 13, u, p));
-    const size_t n = (size_t)L * ld; /* the real rows only */
-    k_add_rows<<<vl_blocks(n, 256), 256, 0, c->stream>>>(dqkv + (size_t)r0 * ld, grad, n);
-    LAUNCH_CHECK("attention_cudnn add_rows");
+    bf16 *rows = dqkv + (size_t)r0 * ld; /* the real rows only: dqkv += grad */
+    VL_CALL(o->add(o, rows, rows, grad, (size_t)L * ld));
   }
   return VL_OK;
 }

@@ -1,6 +1,7 @@
 /* hfexport: checkpoint reading (serial) and Hugging Face folders (see hfexport.h). */
 #include "hfexport.h"
 
+#include <cjson/cJSON.h>
 #include <errno.h>
 #include <hdf5.h>
 #include <math.h>
@@ -12,8 +13,8 @@
 
 #include "ckpt.h"
 #include "err.h"
-#include <cjson/cJSON.h>
 #include "hfconfig.h"
+#include "image.h"
 
 #define CKPT_FORMAT "vltrain-checkpoint-1" /* ckpt.c's */
 
@@ -312,20 +313,14 @@ static int write_text(const char *dir, const char *name, const char *text) {
   return VL_OK;
 }
 
-/* Copies src_dir/name to dir/name if it exists; *copied set to 1 then. */
 /* The ids of <|endoftext|> and <|im_end|> among a tokenizer.json's
  * added_tokens (-1 when absent). */
 static int added_token_ids(const char *path, int32_t *eot, int32_t *eos) {
-  FILE *f = fopen(path, "rb");
-  if (!f) VL_ERROR(VL_EIO, "cannot open: %s", strerror(errno));
-  char *text = NULL;
-  long n = fseek(f, 0, SEEK_END) == 0 ? ftell(f) : -1;
-  int ok = n >= 0 && fseek(f, 0, SEEK_SET) == 0 && (text = malloc((size_t)n + 1)) &&
-           fread(text, 1, (size_t)n, f) == (size_t)n;
-  fclose(f);
-  if (!ok) { free(text); VL_ERROR(VL_EIO, "cannot read it"); }
-  cJSON *root = cJSON_ParseWithLength(text, (size_t)n);
-  free(text);
+  uint8_t *bytes = NULL;
+  size_t n = 0;
+  VL_CALL(vl_image_read_file(path, &bytes, &n)); /* a file's bytes (image.h) */
+  cJSON *root = cJSON_ParseWithLength((const char *)bytes, n);
+  free(bytes);
   if (!root) VL_ERROR(VL_EIO, "not JSON");
   const cJSON *added = cJSON_GetObjectItemCaseSensitive(root, "added_tokens");
   const cJSON *a = NULL;
@@ -340,6 +335,7 @@ static int added_token_ids(const char *path, int32_t *eot, int32_t *eos) {
   return VL_OK;
 }
 
+/* Copies src_dir/name to dir/name if it exists; *copied set to 1 then. */
 static int copy_if_present(const char *src_dir, const char *dir, const char *name, int *copied) {
   char from[VL_PATH_MAX + 64], to[VL_PATH_MAX + 64];
   snprintf(from, sizeof from, "%s/%s", src_dir, name);

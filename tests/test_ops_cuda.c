@@ -739,6 +739,20 @@ static void bench_norms(void) {
   bench_rope_shape(8960, 16, 16, 72, 0);
 }
 
+/* Shapes for the fused attention paths (head_dim % 8 == 0, <= 128): one
+ * segment of thousands of rows, uneven segments, causal and not, GQA, the
+ * own flash kernels' padded widths (8 -> 16, 40 -> 64, 72 -> 80). */
+static void test_attention_shapes(void) {
+  static const int shapes[][6] = {/* T, nseg, nh, nkv, hd, causal */
+                                  {3000, 1, 8, 2, 128, 1}, {2500, 1, 4, 4, 72, 0}, {2000, 5, 8, 2, 72, 1},
+                                  {777, 4, 4, 1, 128, 0},  {129, 3, 2, 1, 8, 1},   {200, 2, 4, 2, 40, 0},
+                                  {130, 2, 2, 2, 32, 1},   {257, 2, 2, 1, 64, 0}};
+  for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
+    const int *x = shapes[i];
+    test_attention(x[0], x[1], x[2], x[3], x[4], x[5]);
+  }
+}
+
 int main(void) {
   vl_err_set_quiet(1);
   int rc = vl_ops_cuda_create(&gpu, 0);
@@ -814,17 +828,9 @@ int main(void) {
   test_attention(1000, 3, 16, 16, 72, 0);
   test_attention(64, 2, 2, 1, 256, 1); /* head_dim > 128: the GEMM path */
   test_attention(50, 3, 4, 2, 6, 1);   /* head_dim % 8 != 0: not the flash path */
-  /* the flash path (the default for head_dim % 8 == 0, <= 128): one segment
-   * of thousands of rows, uneven segments, causal and not, GQA, the padded
-   * widths (8 -> 16, 40 -> 64, 72 -> 80); the one-pass backward (default) */
-  test_attention(3000, 1, 8, 2, 128, 1);
-  test_attention(2500, 1, 4, 4, 72, 0);
-  test_attention(2000, 5, 8, 2, 72, 1);
-  test_attention(777, 4, 4, 1, 128, 0);
-  test_attention(129, 3, 2, 1, 8, 1);
-  test_attention(200, 2, 4, 2, 40, 0);
-  test_attention(130, 2, 2, 2, 32, 1);
-  test_attention(257, 2, 2, 1, 64, 0);
+  /* the fused paths' shapes on the default path (cuDNN when built in, else
+   * the own flash kernels) */
+  test_attention_shapes();
   /* the flash backward's deterministic two-pass form (the default is one
    * pass with fp32 dQ reductions) */
   setenv("VL_ATTENTION_DETERMINISTIC", "1", 1);
@@ -847,12 +853,7 @@ int main(void) {
   /* With cuDNN built in, the calls above without a path switch took cuDNN's
    * fused attention (the default); the own flash kernels on the same shapes: */
   setenv("VL_ATTENTION_CUDNN", "0", 1);
-  test_attention(3000, 1, 8, 2, 128, 1);
-  test_attention(2500, 1, 4, 4, 72, 0);
-  test_attention(2000, 5, 8, 2, 72, 1);
-  test_attention(777, 4, 4, 1, 128, 0);
-  test_attention(129, 3, 2, 1, 8, 1);
-  test_attention(200, 2, 4, 2, 40, 0);
+  test_attention_shapes();
   test_attention(1024, 1, 32, 8, 128, 1);
   test_attention_partial(2, 1);
   test_attention_partial(2, 0);

@@ -29,8 +29,7 @@ export VL_PROFILE=${VL_PROFILE:-0}
 echo "== vltrain: $n GPU(s), accumulation $accum, $steps steps"
 VL_PROGRESS_BAR=0 NCCL_NVLS_ENABLE=0 mpirun -np "$n" --bind-to none -x NCCL_NVLS_ENABLE -x VL_PROFILE "$vltrain" "$out/bench.yaml" \
   2>&1 | tee "$out/vltrain.log" | grep -E "^step|memory|error|rank"
-here=$(cd "$(dirname "$0")" && pwd)
-sh "$here/bench_summary.sh" "$out/vltrain.log" "$accum" | tee "$out/summary.txt"
+peerlog=""
 if [ -n "$peer" ] && [ -f "$peer" ]; then
   echo "== peer: HF transformers + PyTorch DDP, $n GPU(s)"
   if [ "$n" -gt 1 ]; then
@@ -38,5 +37,6 @@ if [ -n "$peer" ] && [ -f "$peer" ]; then
   else
     python3 "$peer" --mode full --accum "$accum" --steps "$steps" ${PEER_ARGS:-} > "$out/peer.log" 2>&1
   fi
-  sh "$here/bench_summary.sh" "$out/vltrain.log" "$accum" "$out/peer.log" | tail -n 4 | tee -a "$out/summary.txt"
+  peerlog=$out/peer.log
 fi
+sh "$(cd "$(dirname "$0")" && pwd)/bench_summary.sh" "$out/vltrain.log" "$accum" $peerlog | tee "$out/summary.txt"
